@@ -1,0 +1,1 @@
+"""segflow: annotated images to a trained, evaluated, exported and served segmentation model."""

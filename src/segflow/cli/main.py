@@ -1,0 +1,55 @@
+"""The ``segflow`` command line: each command is a thin wrapper over one library function.
+
+Nothing heavy is imported at module level (``segflow --help`` must start fast): every command
+imports its stage inside the function body.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from segflow._version import __version__
+from segflow.cli import data_commands
+from segflow.cli._common import OneLineHandler
+
+app = typer.Typer(
+    name="segflow",
+    help="Annotated images -> trained, evaluated, exported and served segmentation models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"segflow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show informational messages.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Show errors only.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Annotated images -> trained, evaluated, exported and served segmentation models."""
+    logger = logging.getLogger("segflow")
+    logger.handlers[:] = [OneLineHandler()]
+    logger.setLevel(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING)
+    logger.propagate = False
+
+
+data_commands.register(app)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app()

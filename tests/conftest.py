@@ -1,0 +1,41 @@
+"""Shared test helpers: paths to fixtures and a runner for the real CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REAL = FIXTURES / "real"
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str | Path) -> CliResult:
+    """Run ``segflow ARGS`` in-process through typer's runner (stdout and stderr separate)."""
+    from typer.testing import CliRunner
+
+    from segflow.cli.main import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return CliResult(result.exit_code, result.stdout, result.stderr)
+
+
+@pytest.fixture
+def cli() -> Callable[..., CliResult]:
+    """The CLI runner (see run_cli)."""
+    return run_cli
+
+
+@pytest.fixture
+def real() -> Path:
+    """Folder of real annotation files from other projects (see fixtures/real/SOURCES.md)."""
+    return REAL
