@@ -85,7 +85,11 @@ def _open_pil(path: Path | None, data: bytes | None = None, name: str = "") -> P
         raise DataError(label, what) from None
     except OSError as exc:
         raise DataError(label, f"cannot open image: {exc}") from None
-    _check_pixels(label, img.height, img.width)
+    try:
+        _check_pixels(label, img.height, img.width)
+    except DataError:
+        img.close()
+        raise
     return img
 
 
@@ -184,8 +188,8 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise DataError(p, "file is empty (0 bytes)")
     if p.suffix.lower() in TIFF_EXTENSIONS:
         return _tiff_to_array(p)
-    img = _load_pil(_open_pil(p), p)
-    return _pil_to_array(img, p)
+    with _open_pil(p) as img:
+        return _pil_to_array(_load_pil(img, p), p)
 
 
 def decode_image_bytes(data: bytes, name: str) -> np.ndarray:
@@ -193,8 +197,8 @@ def decode_image_bytes(data: bytes, name: str) -> np.ndarray:
     label = Path(name)
     if not data:
         raise DataError(label, "embedded image data is empty")
-    img = _load_pil(_open_pil(None, data, name), label)
-    return _pil_to_array(img, label)
+    with _open_pil(None, data, name) as img:
+        return _pil_to_array(_load_pil(img, label), label)
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
@@ -202,12 +206,12 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     p = Path(path)
     if p.suffix.lower() in TIFF_EXTENSIONS:
         return _tiff_size(p)
-    img = _open_pil(p)
-    h, w = img.height, img.width
-    try:
-        orientation = int(img.getexif().get(0x0112, 1))
-    except Exception:  # a broken EXIF block must not hide the size
-        orientation = 1
+    with _open_pil(p) as img:
+        h, w = img.height, img.width
+        try:
+            orientation = int(img.getexif().get(0x0112, 1))
+        except Exception:  # a broken EXIF block must not hide the size
+            orientation = 1
     return (w, h) if orientation in _TRANSPOSING_ORIENTATIONS else (h, w)
 
 
@@ -224,14 +228,12 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
         raise DataError(p, "mask file not found")
     if p.stat().st_size == 0:
         raise DataError(p, "mask file is empty (0 bytes)")
-    img = _open_pil(p)
-    if img.mode not in ("L", "P", "1"):
-        raise DataError(
-            p, f"mask must be a single-channel 8-bit PNG (mode L or P), found mode {img.mode}"
-        )
-    img = _load_pil(img, p)
-    arr = np.asarray(img, dtype=np.uint8)
-    return np.ascontiguousarray(arr)
+    with _open_pil(p) as img:
+        if img.mode not in ("L", "P", "1"):
+            raise DataError(
+                p, f"mask must be a single-channel 8-bit PNG (mode L or P), found mode {img.mode}"
+            )
+        return np.array(_load_pil(img, p), dtype=np.uint8)
 
 
 def write_png(path: Path, array: np.ndarray) -> None:

@@ -1,0 +1,37 @@
+# segflow — two entry points that work on a fresh machine:
+#   make quickstart   install everything into .venv, then run the whole cycle on the bundled sample
+#   make test         install everything into .venv, then run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install quickstart test lint typecheck bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	# torch first: pip resolves it to the local wheels on our machines, the normal wheels elsewhere.
+	$(BIN)/python -m pip install --quiet torch torchvision
+	$(BIN)/python -m pip install --quiet -e '.[dev,serve]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+quickstart: install
+	$(BIN)/segflow quickstart
+
+test: install
+	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python benchmarks/import_speed.py
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache quickstart
