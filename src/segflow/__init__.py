@@ -1,1 +1,57 @@
-"""segflow: annotated images to a trained, evaluated, exported and served segmentation model."""
+"""segflow: annotated images to a trained, evaluated, exported and served segmentation model.
+
+The public API is re-exported here lazily: ``import segflow`` imports nothing heavy and does no
+I/O; each name loads its module on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from segflow._version import __version__
+
+if TYPE_CHECKING:
+    from segflow.api import check, export_dataset, import_dataset, split
+    from segflow.data.dataset import CanonicalDataset, DatasetMeta, SegmentationDataset
+    from segflow.errors import DataError, SegflowError, UsageError
+
+_EXPORTS = {
+    "import_dataset": "segflow.api",
+    "check": "segflow.api",
+    "export_dataset": "segflow.api",
+    "split": "segflow.api",
+    "CanonicalDataset": "segflow.data.dataset",
+    "DatasetMeta": "segflow.data.dataset",
+    "SegmentationDataset": "segflow.data.dataset",
+    "SegflowError": "segflow.errors",
+    "DataError": "segflow.errors",
+    "UsageError": "segflow.errors",
+}
+
+__all__ = [
+    "CanonicalDataset",
+    "DataError",
+    "DatasetMeta",
+    "SegflowError",
+    "SegmentationDataset",
+    "UsageError",
+    "__version__",
+    "check",
+    "export_dataset",
+    "import_dataset",
+    "split",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'segflow' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -9,6 +9,9 @@ from typing import Any
 class ProgressBar:
     """Counts finished items of one long job; does nothing when ``enabled`` is false.
 
+    The bar is drawn only when stderr is a terminal, so logs and pipes get no control characters
+    and error messages stay on one line.
+
     Args:
         enabled: draw the bar (the CLI passes True, the library default is False).
         label: text shown left of the bar.
@@ -20,6 +23,10 @@ class ProgressBar:
         self._task: Any = None
         if enabled:
             from rich.console import Console
+
+            console = Console(stderr=True)
+            if not console.is_terminal:
+                return
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -33,7 +40,7 @@ class ProgressBar:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeRemainingColumn(),
-                console=Console(stderr=True),
+                console=console,
                 transient=True,
             )
             self._task = self._progress.add_task(label, total=total)
@@ -44,7 +51,10 @@ class ProgressBar:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if self._progress is not None:
             self._progress.stop()

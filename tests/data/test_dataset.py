@@ -33,7 +33,11 @@ def test_sample_contract(tmp_path: Path) -> None:
     assert float(sample["image"].max()) > 1.0
     loader = torch.utils.data.DataLoader(ds, batch_size=3)
     batch = next(iter(loader))
-    assert batch["image"].shape == (3, 3, 20, 30) and batch["meta"]["stem"] == ["s000", "s001", "s002"]
+    assert batch["image"].shape == (3, 3, 20, 30) and batch["meta"]["stem"] == [
+        "s000",
+        "s001",
+        "s002",
+    ]
 
 
 def test_transform_called_albumentations_style(tmp_path: Path) -> None:
@@ -50,7 +54,14 @@ def test_transform_called_albumentations_style(tmp_path: Path) -> None:
 def test_split_selection_and_excluded(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "ds", n=4)
     ds = CanonicalDataset(root)
-    ds.save_splits([SplitRow("s000", "train"), SplitRow("s001", "val"), SplitRow("s002", "train"), SplitRow("s003", "test")])
+    ds.save_splits(
+        [
+            SplitRow("s000", "train"),
+            SplitRow("s001", "val"),
+            SplitRow("s002", "train"),
+            SplitRow("s003", "test"),
+        ]
+    )
     assert [s.stem for s in ds.labelled_samples("train")] == ["s000", "s002"]
     ds.save_meta(ds.meta.model_copy(update={"exclude": ["s002"]}))
     assert [s["meta"]["stem"] for s in SegmentationDataset(root, split="train")] == ["s000"]
@@ -60,8 +71,14 @@ def test_split_selection_and_excluded(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("yaml_text", "message"),
     [
-        ("name: x\nclasses:\n- {id: 0, name: bg, color: [0,0,0]}\n- {id: 2, name: a, color: [1,1,1]}\n", "dense"),
-        ("name: x\nclasses:\n- {id: 0, name: a, color: [0,0,0]}\n- {id: 1, name: a, color: [1,1,1]}\n", "duplicate class names"),
+        (
+            "name: x\nclasses:\n- {id: 0, name: bg, color: [0,0,0]}\n- {id: 2, name: a, color: [1,1,1]}\n",
+            "dense",
+        ),
+        (
+            "name: x\nclasses:\n- {id: 0, name: a, color: [0,0,0]}\n- {id: 1, name: a, color: [1,1,1]}\n",
+            "duplicate class names",
+        ),
         ("name: x\nclasses:\n- {id: 0, name: a, color: [0,0,300]}\n", "0..255"),
         ("name: x\nclasses: []\n", "at least 1"),
         ("name: x\nclasses:\n- {id: 0, name: a, color: [0,0,0]}\nextra: 1\n", "extra"),

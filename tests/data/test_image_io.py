@@ -19,10 +19,17 @@ def png_declaring(path: Path, width: int, height: int) -> Path:
     """A PNG whose header declares ``width x height`` but holds almost no data (a bomb)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -40,8 +47,15 @@ def test_multiband_uint16_geotiff_is_read_whole(tmp_path: Path) -> None:
 
     data = np.random.default_rng(0).integers(0, 65535, size=(5, 20, 30), dtype=np.uint16)
     with rasterio.open(
-        tmp_path / "scene.tif", "w", driver="GTiff", width=30, height=20, count=5, dtype="uint16",
-        crs="EPSG:32616", transform=from_origin(733601, 3725139, 0.5, 0.5),
+        tmp_path / "scene.tif",
+        "w",
+        driver="GTiff",
+        width=30,
+        height=20,
+        count=5,
+        dtype="uint16",
+        crs="EPSG:32616",
+        transform=from_origin(733601, 3725139, 0.5, 0.5),
     ) as dst:
         dst.write(data)
     out = read_image(tmp_path / "scene.tif")
@@ -53,7 +67,9 @@ def test_multiband_uint16_geotiff_is_read_whole(tmp_path: Path) -> None:
 def test_planar_and_contiguous_tiff(tmp_path: Path) -> None:
     rgb = np.random.default_rng(1).integers(0, 255, size=(8, 9, 3), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "c.tif", rgb, photometric="rgb")
-    tifffile.imwrite(tmp_path / "p.tif", rgb.transpose(2, 0, 1), photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(
+        tmp_path / "p.tif", rgb.transpose(2, 0, 1), photometric="rgb", planarconfig="separate"
+    )
     np.testing.assert_array_equal(read_image(tmp_path / "c.tif"), rgb)
     np.testing.assert_array_equal(read_image(tmp_path / "p.tif"), rgb)
 
@@ -84,7 +100,9 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
 
 
 def test_truncated_jpeg_is_an_error(tmp_path: Path) -> None:
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "t.jpg")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        tmp_path / "t.jpg"
+    )
     data = (tmp_path / "t.jpg").read_bytes()
     (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match=r"t\.jpg: cannot decode image: image file is truncated"):

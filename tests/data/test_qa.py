@@ -16,7 +16,11 @@ from tests.fixtures.synthetic import make_dataset
 
 
 def _findings(result, check: str, severity: Severity | None = None) -> list:
-    return [f for f in result.report.findings if f.check == check and (severity is None or f.severity == severity)]
+    return [
+        f
+        for f in result.report.findings
+        if f.check == check and (severity is None or f.severity == severity)
+    ]
 
 
 def test_clean_dataset_has_no_findings_and_writes_outputs(tmp_path: Path) -> None:
@@ -30,7 +34,7 @@ def test_clean_dataset_has_no_findings_and_writes_outputs(tmp_path: Path) -> Non
     pixels = sum(c["pixels"] for c in fp["classes"])
     assert pixels == 6 * 48 * 64
     html = (root / "qa_report.html").read_text()
-    assert html.count('<figure class=') == 6
+    assert html.count("<figure class=") == 6
     assert html.count("data:image/png;base64") == 2  # class balance + size plots
 
 
@@ -58,8 +62,15 @@ def test_every_problem_is_found(tmp_path: Path) -> None:
     shutil.copy(img / "s007.png", img / "lonely.png")
     shutil.copy(img / "s008.png", img / "s008.jpg")
     ds = CanonicalDataset(root)
-    ds.save_splits([SplitRow("s004", "train"), SplitRow("s104", "test"), SplitRow("ghost", "train"),
-                    SplitRow("s006", "train", "g1"), SplitRow("s009", "val", "g1")])
+    ds.save_splits(
+        [
+            SplitRow("s004", "train"),
+            SplitRow("s104", "test"),
+            SplitRow("ghost", "train"),
+            SplitRow("s006", "train", "g1"),
+            SplitRow("s009", "val", "g1"),
+        ]
+    )
     result = run_check(root)
     assert any("truncated" in f.message for f in _findings(result, "unreadable", Severity.ERROR))
     assert _findings(result, "size_mismatch", Severity.ERROR)[0].stems == ["s001"]
@@ -88,7 +99,14 @@ def test_rare_and_absent_classes(tmp_path: Path) -> None:
         m[m == 2] = 0
         cv2.imwrite(str(p), m)
     ds = CanonicalDataset(root)
-    meta = ds.meta.model_copy(update={"classes": [*ds.meta.classes, ds.meta.classes[2].model_copy(update={"id": 3, "name": "ghost"})]})
+    meta = ds.meta.model_copy(
+        update={
+            "classes": [
+                *ds.meta.classes,
+                ds.meta.classes[2].model_copy(update={"id": 3, "name": "ghost"}),
+            ]
+        }
+    )
     ds.save_meta(meta)
     result = run_check(root)
     msgs = [f.message for f in _findings(result, "classes")]
@@ -108,10 +126,16 @@ def test_exclude_drops_samples_from_later_stages_without_deleting(tmp_path: Path
     assert stems == ["s000", "s002", "s004"]
     report = json.loads((root / "qa.json").read_text())
     assert report["num_images"] == 3
-    assert any(f["check"] == "excluded" and f["stems"] == ["s001", "s003"] for f in report["findings"])
+    assert any(
+        f["check"] == "excluded" and f["stems"] == ["s001", "s003"] for f in report["findings"]
+    )
     exclude.write_text("nope\n")
     res = cli("check", root, "--exclude", exclude)
-    assert res.exit_code == 1 and res.stderr.startswith("error: ") and "bad.txt: line 1: 'nope'" in res.stderr
+    assert (
+        res.exit_code == 1
+        and res.stderr.startswith("error: ")
+        and "bad.txt: line 1: 'nope'" in res.stderr
+    )
 
 
 def test_cli_exit_code_follows_errors(tmp_path: Path, cli) -> None:
@@ -127,17 +151,29 @@ def test_cli_exit_code_follows_errors(tmp_path: Path, cli) -> None:
 
 def test_registry_lists_every_check() -> None:
     assert set(QA_CHECKS.names()) >= {
-        "unreadable", "unmatched", "duplicate_stem", "size_mismatch", "mask_values", "empty_mask",
-        "duplicates", "classes", "image_properties", "splits", "excluded",
+        "unreadable",
+        "unmatched",
+        "duplicate_stem",
+        "size_mismatch",
+        "mask_values",
+        "empty_mask",
+        "duplicates",
+        "classes",
+        "image_properties",
+        "splits",
+        "excluded",
     }
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_parallel_and_serial_scans_agree(tmp_path: Path, workers: int) -> None:
-    root = make_dataset(tmp_path / "ds", n=40, size=(16, 16))  # >= MIN_ITEMS_FOR_POOL: uses the pool
+    root = make_dataset(
+        tmp_path / "ds", n=40, size=(16, 16)
+    )  # >= MIN_ITEMS_FOR_POOL: uses the pool
     result = run_check(root, workers=workers, html=False)
     assert result.report.fingerprint is not None
     assert [s.stem for s in result.scans] == [f"s{i:03d}" for i in range(40)]
     assert result.report.fingerprint.classes[1].pixels == sum(
-        int((cv2.imread(str(p), cv2.IMREAD_UNCHANGED) == 1).sum()) for p in sorted((root / "masks").iterdir())
+        int((cv2.imread(str(p), cv2.IMREAD_UNCHANGED) == 1).sum())
+        for p in sorted((root / "masks").iterdir())
     )

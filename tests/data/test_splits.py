@@ -73,7 +73,11 @@ def test_stratify_spreads_a_rare_class(tmp_path: Path) -> None:
     for seed in range(5):
         res = make_splits(root, val=0.25, test=0.25, stratify=True, seed=seed)
         rare = res.presence
-        assert rare["train"]["class2"] == 4 and rare["val"]["class2"] == 2 and rare["test"]["class2"] == 2
+        assert (
+            rare["train"]["class2"] == 4
+            and rare["val"]["class2"] == 2
+            and rare["test"]["class2"] == 2
+        )
 
 
 def test_k_fold_covers_every_non_test_image_once(tmp_path: Path) -> None:
@@ -84,7 +88,7 @@ def test_k_fold_covers_every_non_test_image_once(tmp_path: Path) -> None:
     test = [r for r in rows.values() if r.split == "test"]
     folded = [r for r in rows.values() if r.fold is not None]
     assert len(test) + len(folded) == 30 and not any(r.fold is not None for r in test)
-    assert set(r.fold for r in folded) == {0, 1, 2, 3}
+    assert {r.fold for r in folded} == {0, 1, 2, 3}
     assert all((r.split == "val") == (r.fold == 0) for r in folded)
     by_group = defaultdict(set)
     for r in rows.values():
@@ -110,8 +114,12 @@ def test_excluded_and_unlabelled_images_are_not_split(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"val": 0.6, "test": 0.5}, "sum to less than 1"), ({"test": -0.1}, "must be in"),
-     ({"folds": 1}, "at least 2 folds"), ({"group_by": "(unclosed"}, "not a valid regular expression")],
+    [
+        ({"val": 0.6, "test": 0.5}, "sum to less than 1"),
+        ({"test": -0.1}, "must be in"),
+        ({"folds": 1}, "at least 2 folds"),
+        ({"group_by": "(unclosed"}, "not a valid regular expression"),
+    ],
 )
 def test_bad_arguments(tmp_path: Path, kwargs: dict, message: str) -> None:
     root = make_dataset(tmp_path / "ds", n=4, size=(16, 16))
@@ -125,5 +133,9 @@ def test_cli_prints_presence_table(tmp_path: Path, cli) -> None:
     assert res.exit_code == 0, res.stderr
     assert "class1" in res.stdout and "images" in res.stdout and "test" in res.stdout
     bad = cli("split", root, "--val", "0.9", "--test", "0.5")
-    assert bad.exit_code == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
+    assert (
+        bad.exit_code == 2
+        and bad.stderr.startswith("error: ")
+        and len(bad.stderr.strip().splitlines()) == 1
+    )
     assert np.isclose(sum(1 for _ in read_splits(root / "splits.csv")), 10)

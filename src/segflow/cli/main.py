@@ -7,13 +7,14 @@ imports its stage inside the function body.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from segflow._version import __version__
 from segflow.cli import data_commands
-from segflow.cli._common import OneLineHandler
+from segflow.cli._common import OneLineHandler, cli_errors, console
 
 app = typer.Typer(
     name="segflow",
@@ -33,11 +34,15 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show informational messages.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show informational messages.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Show errors only.")] = False,
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version."),
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Print the version."
+        ),
     ] = False,
 ) -> None:
     """Annotated images -> trained, evaluated, exported and served segmentation models."""
@@ -48,6 +53,25 @@ def main(
 
 
 data_commands.register(app)
+
+
+@app.command()
+def quickstart(
+    out: Annotated[Path, typer.Option(help="Folder for everything the quick start writes.")] = Path(
+        "quickstart"
+    ),
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier quick start folder.")] = False,
+) -> None:
+    """Run the whole cycle on the bundled sample dataset (24 nuclei images, CC0)."""
+    from segflow.quickstart import run_quickstart
+
+    result = cli_errors(run_quickstart)(out, overwrite=overwrite, progress=True)
+    con = console()
+    con.print("[bold]segflow quickstart[/] ran these commands:")
+    for cmd in result.commands:
+        con.print(f"  $ {cmd}")
+    for name, path in result.outputs.items():
+        con.print(f"{name}: {path}")
 
 
 def run() -> None:

@@ -87,7 +87,9 @@ class SourceInfo(BaseModel):
     format: str = Field(description="importer that wrote this dataset (or 'manual')")
     path: str = Field(default="", description="source path given to the importer")
     imported_at: str = Field(default="", description="UTC time of the import (ISO 8601)")
-    segflow_version: str = Field(default=__version__, description="segflow version that imported it")
+    segflow_version: str = Field(
+        default=__version__, description="segflow version that imported it"
+    )
 
 
 class DatasetMeta(BaseModel):
@@ -101,7 +103,8 @@ class DatasetMeta(BaseModel):
     source: SourceInfo | None = Field(default=None, description="import provenance")
     notes: str = Field(default="", description="free text (licence, attribution, caveats)")
     exclude: list[str] = Field(
-        default_factory=list, description="stems dropped from later stages by `segflow check --exclude`"
+        default_factory=list,
+        description="stems dropped from later stages by `segflow check --exclude`",
     )
 
     @model_validator(mode="after")
@@ -130,12 +133,14 @@ class DatasetMeta(BaseModel):
         return [c.name for c in self.classes]
 
 
-def make_classes(names: Sequence[str], colors: Sequence[tuple[int, int, int] | None] = ()) -> list[ClassInfo]:
+def make_classes(
+    names: Sequence[str], colors: Sequence[tuple[int, int, int] | None] = ()
+) -> list[ClassInfo]:
     """Build dense ClassInfo entries from names, with given colours or the default palette."""
     out = []
     for i, name in enumerate(names):
         color = colors[i] if i < len(colors) and colors[i] is not None else default_color(i)
-        out.append(ClassInfo(id=i, name=name, color=color))  # type: ignore[arg-type]
+        out.append(ClassInfo(id=i, name=name, color=color))
     return out
 
 
@@ -171,13 +176,16 @@ class _Dumper(yaml.SafeDumper):
 
 
 _Dumper.add_representer(
-    _FlowList, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
+    _FlowList,
+    lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True),
 )
 
 
 def dump_yaml(data: Any) -> str:
     """Block-style YAML, keys in insertion order, Unicode kept, _FlowList inline."""
-    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return yaml.dump(
+        data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False
+    )
 
 
 def dump_meta(meta: DatasetMeta) -> str:
@@ -216,7 +224,9 @@ def read_splits(path: Path) -> dict[str, SplitRow]:
             try:
                 fold = int(fold_raw) if fold_raw else None
             except ValueError:
-                raise DataError(path, f"line {lineno}: fold {fold_raw!r} is not an integer") from None
+                raise DataError(
+                    path, f"line {lineno}: fold {fold_raw!r} is not an integer"
+                ) from None
             if stem in rows:
                 raise DataError(path, f"line {lineno}: stem {stem!r} listed twice")
             rows[stem] = SplitRow(stem, split, (rec.get("group") or "").strip(), fold)
@@ -359,7 +369,9 @@ class DatasetWriter:
     def __init__(self, out: str | os.PathLike[str], *, overwrite: bool = False) -> None:
         self.out = Path(out)
         if self.out.exists() and not overwrite:
-            raise UsageError(f"{self.out}: output already exists; choose a new folder or pass --overwrite")
+            raise UsageError(
+                f"{self.out}: output already exists; choose a new folder or pass --overwrite"
+            )
         if self.out.exists() and not (self.out / "dataset.yaml").is_file():
             raise UsageError(
                 f"{self.out}: exists and is not a segflow dataset; refusing to overwrite it"
@@ -380,7 +392,12 @@ class DatasetWriter:
         if self.tmp.exists():
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def finish(self, meta: DatasetMeta, splits: Sequence[SplitRow] = (), extra_files: dict[str, str] | None = None) -> Path:
+    def finish(
+        self,
+        meta: DatasetMeta,
+        splits: Sequence[SplitRow] = (),
+        extra_files: dict[str, str] | None = None,
+    ) -> Path:
         """Write ``dataset.yaml`` (+ ``splits.csv``) and move the folder into place."""
         (self.tmp / "dataset.yaml").write_text(dump_meta(meta), encoding="utf-8")
         if splits:
@@ -397,7 +414,9 @@ class DatasetWriter:
         return self.out
 
 
-def write_image_file(images_dir: Path, stem: str, source: Path | None, data: bytes | None, array: np.ndarray | None) -> Path:
+def write_image_file(
+    images_dir: Path, stem: str, source: Path | None, data: bytes | None, array: np.ndarray | None
+) -> Path:
     """Store one image under ``images_dir`` without re-encoding when its format is canonical.
 
     Exactly one of ``source`` (a file to copy), ``data`` (encoded bytes) or ``array`` is used.
@@ -451,7 +470,9 @@ class SegmentationDataset:
         transform: Transform | None = None,
         stems: Sequence[str] | None = None,
     ) -> None:
-        self.dataset = dataset if isinstance(dataset, CanonicalDataset) else CanonicalDataset(dataset)
+        self.dataset = (
+            dataset if isinstance(dataset, CanonicalDataset) else CanonicalDataset(dataset)
+        )
         samples = self.dataset.labelled_samples(None if stems is not None else split)
         if stems is not None:
             by_stem = {s.stem: s for s in samples}
@@ -480,29 +501,32 @@ class SegmentationDataset:
         return image, mask, meta
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        import torch
-
         image, mask, meta = self.load(index)
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        return {"image": _to_chw_float(image, torch), "mask": _to_long(mask, torch), "meta": meta}
+        return {"image": _to_chw_float(image), "mask": _to_long(mask), "meta": meta}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for i in range(len(self)):
             yield self[i]
 
 
-def _to_chw_float(image: Any, torch: Any) -> torch.Tensor:
+def _to_chw_float(image: Any) -> torch.Tensor:
+    import torch
+
     if isinstance(image, torch.Tensor):
         return image.float()
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)).astype(np.float32))
+    chw = np.ascontiguousarray(arr.transpose(2, 0, 1)).astype(np.float32)
+    return torch.from_numpy(chw)
 
 
-def _to_long(mask: Any, torch: Any) -> torch.Tensor:
+def _to_long(mask: Any) -> torch.Tensor:
+    import torch
+
     if isinstance(mask, torch.Tensor):
         return mask.long()
     return torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64))

@@ -38,7 +38,9 @@ class SampleStats:
     object_areas: dict[int, list[int]] = field(default_factory=dict)  # class id -> component areas
 
 
-def image_channel_stats(image: np.ndarray) -> tuple[list[float], list[float], list[float], list[float]]:
+def image_channel_stats(
+    image: np.ndarray,
+) -> tuple[list[float], list[float], list[float], list[float]]:
     """Per-channel sum, sum of squares, min and max (float64)."""
     flat = image.reshape(-1, image.shape[2]).astype(np.float64)
     return (
@@ -57,7 +59,9 @@ def object_areas(mask: np.ndarray, class_ids: Sequence[int]) -> dict[int, list[i
     scale = max(h, w) / OBJECT_STATS_MAX_SIDE
     small = mask
     if scale > 1:
-        small = cv2.resize(mask, (round(w / scale), round(h / scale)), interpolation=cv2.INTER_NEAREST)
+        small = cv2.resize(
+            mask, (round(w / scale), round(h / scale)), interpolation=cv2.INTER_NEAREST
+        )
     factor = max(scale, 1.0) ** 2
     out: dict[int, list[int]] = {}
     for cid in class_ids:
@@ -90,7 +94,9 @@ class Fingerprint(BaseModel):
     width: dict[str, float] = Field(description="min / median / max image width")
     channels: dict[str, int] = Field(description="images per channel count")
     dtypes: dict[str, int] = Field(description="images per pixel dtype")
-    channel_mean: list[float] = Field(description="per-channel mean (images with the majority channel count)")
+    channel_mean: list[float] = Field(
+        description="per-channel mean (images with the majority channel count)"
+    )
     channel_std: list[float] = Field(description="per-channel standard deviation, same images")
     value_range: list[float] = Field(description="[min, max] pixel value over all images")
     classes: list[ClassStats]
@@ -134,7 +140,9 @@ class Fingerprint(BaseModel):
                 frequency=float(total[c.id]) / labelled_pixels,
                 images=int(presence[c.id]),
                 objects=len(areas.get(c.id, [])),
-                median_object_area=float(statistics.median(areas[c.id])) if areas.get(c.id) else 0.0,
+                median_object_area=float(statistics.median(areas[c.id]))
+                if areas.get(c.id)
+                else 0.0,
             )
             for c in meta.classes
         ]
@@ -147,7 +155,10 @@ class Fingerprint(BaseModel):
             dtypes=dict(Counter(s.dtype for s in stats)),
             channel_mean=[float(x) for x in mean],
             channel_std=[float(x) for x in std],
-            value_range=[min(min(s.channel_min) for s in stats), max(max(s.channel_max) for s in stats)],
+            value_range=[
+                min(min(s.channel_min) for s in stats),
+                max(max(s.channel_max) for s in stats),
+            ],
             classes=classes,
             ignore_pixels=int(total[meta.ignore_index]),
             empty_mask_share=empty / len(labelled) if labelled else 0.0,
@@ -155,4 +166,8 @@ class Fingerprint(BaseModel):
 
 
 def _summary(values: Sequence[int]) -> dict[str, float]:
-    return {"min": float(min(values)), "median": float(statistics.median(values)), "max": float(max(values))}
+    return {
+        "min": float(min(values)),
+        "median": float(statistics.median(values)),
+        "max": float(max(values)),
+    }

@@ -27,7 +27,13 @@ DEFAULT_MAX_PIXELS = 178_956_970
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 TIFF_EXTENSIONS = (".tif", ".tiff")
 #: Extensions the canonical dataset stores as they are; anything else is converted to PNG.
-CANONICAL_EXTENSIONS = {".png": ".png", ".jpg": ".jpg", ".jpeg": ".jpg", ".tif": ".tif", ".tiff": ".tif"}
+CANONICAL_EXTENSIONS = {
+    ".png": ".png",
+    ".jpg": ".jpg",
+    ".jpeg": ".jpg",
+    ".tif": ".tif",
+    ".tiff": ".tif",
+}
 
 # EXIF orientations 5-8 swap width and height.
 _TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
@@ -63,6 +69,14 @@ def _check_pixels(path: Path, height: int, width: int) -> None:
         raise DataError(path, f"image declares an empty size {width}x{height}")
 
 
+def _reason(exc: BaseException) -> str:
+    """Pillow's message, with truncation said plainly (its wording varies by format and stage)."""
+    reason = str(exc) or type(exc).__name__
+    if "truncat" in reason.lower() and not reason.startswith("image file is truncated"):
+        reason = f"image file is truncated ({reason})"
+    return reason
+
+
 def _open_pil(path: Path | None, data: bytes | None = None, name: str = "") -> PILImage.Image:
     """Open with Pillow, turning every failure into a DataError naming the file."""
     import io
@@ -84,7 +98,7 @@ def _open_pil(path: Path | None, data: bytes | None = None, name: str = "") -> P
         what = "file is empty" if size == 0 else "not an image Pillow can identify"
         raise DataError(label, what) from None
     except OSError as exc:
-        raise DataError(label, f"cannot open image: {exc}") from None
+        raise DataError(label, f"cannot open image: {_reason(exc)}") from None
     try:
         _check_pixels(label, img.height, img.width)
     except DataError:
@@ -106,10 +120,7 @@ def _load_pil(img: PILImage.Image, label: Path) -> PILImage.Image:
             img.load()
             oriented = ImageOps.exif_transpose(img)
     except (OSError, SyntaxError, ValueError, UserWarning, EOFError) as exc:
-        reason = str(exc)
-        if "truncated" in reason.lower():
-            reason = f"image file is truncated ({reason})"
-        raise DataError(label, f"cannot decode image: {reason}") from None
+        raise DataError(label, f"cannot decode image: {_reason(exc)}") from None
     return oriented if oriented is not None else img
 
 
@@ -215,10 +226,52 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     return (w, h) if orientation in _TRANSPOSING_ORIENTATIONS else (h, w)
 
 
-def verify_image_file(path: Path) -> tuple[int, int, int, str]:
-    """Fully decode ``path`` and return ``(height, width, channels, dtype)``; raises DataError."""
-    arr = read_image(path)
-    return arr.shape[0], arr.shape[1], arr.shape[2], str(arr.dtype)
+_MODE_INFO = {
+    "1": (1, "uint8"),
+    "L": (1, "uint8"),
+    "P": (3, "uint8"),
+    "RGB": (3, "uint8"),
+    "RGBA": (3, "uint8"),
+    "LA": (1, "uint8"),
+    "CMYK": (3, "uint8"),
+    "YCbCr": (3, "uint8"),
+    "I;16": (1, "uint16"),
+    "I;16B": (1, "uint16"),
+    "I;16L": (1, "uint16"),
+    "I;16N": (1, "uint16"),
+    "I": (1, "int32"),
+    "F": (1, "float32"),
+    "PA": (3, "uint8"),
+}
+
+
+def verify_image(path: str | os.PathLike[str]) -> tuple[int, int, int, str]:
+    """Fully decode ``path`` (so damage is found) and return its shape and dtype.
+
+    Returns ``(height, width, channels, dtype)`` as :func:`read_image` would give them, without
+    building the array (faster for Pillow formats).
+    """
+    p = Path(path)
+    if p.suffix.lower() in TIFF_EXTENSIONS or not p.is_file() or p.stat().st_size == 0:
+        arr = read_image(p)
+        return arr.shape[0], arr.shape[1], arr.shape[2], str(arr.dtype)
+    with _open_pil(p) as img:
+        oriented = _load_pil(img, p)
+        channels, dtype = _MODE_INFO.get(oriented.mode, (0, ""))
+        if not channels:
+            arr = _pil_to_array(oriented, p)
+            return arr.shape[0], arr.shape[1], arr.shape[2], str(arr.dtype)
+        return oriented.height, oriented.width, channels, dtype
+
+
+def class_histogram(mask: np.ndarray) -> np.ndarray:
+    """Pixel count per value (256 bins, int64) of a uint8 mask; cv2.calcHist where it is exact."""
+    if mask.size < 2**24:  # calcHist counts in float32: exact below 2**24 per bin
+        import cv2
+
+        hist = cv2.calcHist([np.ascontiguousarray(mask)], [0], None, [256], [0, 256])
+        return hist.ravel().astype(np.int64)
+    return np.bincount(mask.ravel(), minlength=256).astype(np.int64)
 
 
 def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
@@ -242,7 +295,10 @@ def write_png(path: Path, array: np.ndarray) -> None:
 
     if array.ndim == 3 and array.shape[2] == 3:
         array = array[:, :, ::-1]  # OpenCV writes BGR
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(array), [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 3]
+    if array.ndim == 2 and array.dtype == np.uint8:
+        params += [cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]  # masks: half the size
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(array), params)
     if not ok:
         raise DataError(path, "could not encode PNG")
     path.write_bytes(buf.tobytes())

@@ -76,8 +76,11 @@ class SampleScan:
     @property
     def ok(self) -> bool:
         """Image readable and, if there is a mask, the mask is readable and the same size."""
-        return self.stats is not None and self.image_error is None and self.mask_error is None and (
-            self.mask_file is None or self.mask_size == (self.stats.height, self.stats.width)
+        return (
+            self.stats is not None
+            and self.image_error is None
+            and self.mask_error is None
+            and (self.mask_file is None or self.mask_size == (self.stats.height, self.stats.width))
         )
 
     def present_classes(self) -> list[int]:
@@ -113,14 +116,24 @@ def _scan(job: _ScanJob) -> SampleScan:
         try:
             mask = image_io.read_mask(job.mask)
             scan.mask_size = (int(mask.shape[0]), int(mask.shape[1]))
-            scan.mask_hash = hashlib.blake2b(mask.tobytes(), digest_size=16).hexdigest() + str(mask.shape)
+            scan.mask_hash = hashlib.blake2b(mask.tobytes(), digest_size=16).hexdigest() + str(
+                mask.shape
+            )
         except SegflowError as exc:
             scan.mask_error = str(exc)
     if image is None:
         return scan
     sums, sqsums, mins, maxs = image_channel_stats(image)
     stats = SampleStats(
-        job.stem, image.shape[0], image.shape[1], image.shape[2], str(image.dtype), sums, sqsums, mins, maxs
+        job.stem,
+        image.shape[0],
+        image.shape[1],
+        image.shape[2],
+        str(image.dtype),
+        sums,
+        sqsums,
+        mins,
+        maxs,
     )
     digest = hashlib.blake2b(image.tobytes(), digest_size=16)
     digest.update(f"{image.shape}{image.dtype}".encode())
@@ -130,7 +143,9 @@ def _scan(job: _ScanJob) -> SampleScan:
     if mask is not None and mask.shape == image.shape[:2]:
         counts = np.bincount(mask.ravel(), minlength=256)
         stats.class_pixels = counts.tolist()
-        scan.bad_values = [int(v) for v in np.flatnonzero(counts) if v >= job.num_classes and v != job.ignore_index]
+        scan.bad_values = [
+            int(v) for v in np.flatnonzero(counts) if v >= job.num_classes and v != job.ignore_index
+        ]
         fg = [c for c in range(1, job.num_classes) if counts[c] > 0]
         stats.object_areas = object_areas(mask, fg)
     scan.stats = stats
@@ -153,8 +168,20 @@ QACheck = Callable[[QAContext], Iterable[Finding]]
 QA_CHECKS: Registry[QACheck] = Registry("QA check")
 
 
-def _f(check: str, severity: Severity, message: str, stems: Sequence[str] = (), files: Sequence[Path | str] = ()) -> Finding:
-    return Finding(check=check, severity=severity, message=message, stems=list(stems), files=[str(f) for f in files])
+def _f(
+    check: str,
+    severity: Severity,
+    message: str,
+    stems: Sequence[str] = (),
+    files: Sequence[Path | str] = (),
+) -> Finding:
+    return Finding(
+        check=check,
+        severity=severity,
+        message=message,
+        stems=list(stems),
+        files=[str(f) for f in files],
+    )
 
 
 @QA_CHECKS.register("unreadable")
@@ -173,16 +200,20 @@ def check_unmatched(ctx: QAContext) -> Iterable[Finding]:
     lonely = [s for s in ctx.scans if s.mask_file is None]
     if lonely:
         yield _f(
-            "unmatched", Severity.WARNING,
+            "unmatched",
+            Severity.WARNING,
             f"{len(lonely)} image(s) have no mask in masks/ and are left out of training "
             f"(first: {lonely[0].image_file.name})",
-            [s.stem for s in lonely], [s.image_file for s in lonely],
+            [s.stem for s in lonely],
+            [s.image_file for s in lonely],
         )
     if ctx.orphan_masks:
         yield _f(
-            "unmatched", Severity.WARNING,
+            "unmatched",
+            Severity.WARNING,
             f"{len(ctx.orphan_masks)} mask(s) have no image in images/ (first: {ctx.orphan_masks[0].name})",
-            [p.stem for p in ctx.orphan_masks], ctx.orphan_masks,
+            [p.stem for p in ctx.orphan_masks],
+            ctx.orphan_masks,
         )
 
 
@@ -191,19 +222,32 @@ def check_duplicate_stem(ctx: QAContext) -> Iterable[Finding]:
     """Two image files with one stem (a.jpg and a.png): which one the mask belongs to is unclear."""
     for stem, files in ctx.duplicate_stems.items():
         names = ", ".join(p.name for p in files)
-        yield _f("duplicate_stem", Severity.ERROR, f"stem {stem!r} has several images: {names}", [stem], files)
+        yield _f(
+            "duplicate_stem",
+            Severity.ERROR,
+            f"stem {stem!r} has several images: {names}",
+            [stem],
+            files,
+        )
 
 
 @QA_CHECKS.register("size_mismatch")
 def check_size_mismatch(ctx: QAContext) -> Iterable[Finding]:
     """Masks whose size differs from their image."""
     for s in ctx.scans:
-        if s.stats is not None and s.mask_size is not None and s.mask_size != (s.stats.height, s.stats.width):
+        if (
+            s.stats is not None
+            and s.mask_size is not None
+            and s.mask_size != (s.stats.height, s.stats.width)
+        ):
             mh, mw = s.mask_size
             yield _f(
-                "size_mismatch", Severity.ERROR,
-                f"{s.mask_file}: mask is {mw}x{mh} but image {s.image_file.name} is {s.stats.width}x{s.stats.height}",
-                [s.stem], [s.mask_file or "", s.image_file],
+                "size_mismatch",
+                Severity.ERROR,
+                f"{s.mask_file}: mask is {mw}x{mh} but image {s.image_file.name} is "
+                f"{s.stats.width}x{s.stats.height}",
+                [s.stem],
+                [s.mask_file or "", s.image_file],
             )
 
 
@@ -214,10 +258,12 @@ def check_mask_values(ctx: QAContext) -> Iterable[Finding]:
     for s in ctx.scans:
         if s.bad_values:
             yield _f(
-                "mask_values", Severity.ERROR,
+                "mask_values",
+                Severity.ERROR,
                 f"{s.mask_file}: values {s.bad_values[:10]} are not class ids 0..{n - 1} or "
                 f"{ctx.dataset.meta.ignore_index} (ignore)",
-                [s.stem], [s.mask_file or ""],
+                [s.stem],
+                [s.mask_file or ""],
             )
 
 
@@ -225,21 +271,34 @@ def check_mask_values(ctx: QAContext) -> Iterable[Finding]:
 def check_empty_mask(ctx: QAContext) -> Iterable[Finding]:
     """Masks with no foreground class, and masks that are mostly unlabelled."""
     ignore = ctx.dataset.meta.ignore_index
-    empty = [s for s in ctx.scans if s.ok and s.stats and s.stats.class_pixels and not [c for c in s.present_classes() if c not in (0, ignore)]]
+    empty = [
+        s
+        for s in ctx.scans
+        if s.ok
+        and s.stats
+        and s.stats.class_pixels
+        and not [c for c in s.present_classes() if c not in (0, ignore)]
+    ]
     if empty:
         yield _f(
-            "empty_mask", Severity.WARNING,
+            "empty_mask",
+            Severity.WARNING,
             f"{len(empty)} mask(s) contain no foreground class (first: {empty[0].stem}); fine for "
             "negative examples, a mistake otherwise",
             [s.stem for s in empty],
         )
     mostly = [
-        s for s in ctx.scans
-        if s.ok and s.stats and s.stats.class_pixels and s.stats.class_pixels[ignore] > 0.9 * s.stats.height * s.stats.width
+        s
+        for s in ctx.scans
+        if s.ok
+        and s.stats
+        and s.stats.class_pixels
+        and s.stats.class_pixels[ignore] > 0.9 * s.stats.height * s.stats.width
     ]
     if mostly:
         yield _f(
-            "empty_mask", Severity.WARNING,
+            "empty_mask",
+            Severity.WARNING,
             f"{len(mostly)} mask(s) are more than 90% unlabelled (ignore) (first: {mostly[0].stem})",
             [s.stem for s in mostly],
         )
@@ -281,13 +340,18 @@ def check_duplicates(ctx: QAContext) -> Iterable[Finding]:
         splits = {_split_of(ctx, st) for st in stems} - {""}
         if len(splits) > 1:
             yield _f(
-                "duplicates", Severity.ERROR,
+                "duplicates",
+                Severity.ERROR,
                 f"identical images across splits {sorted(splits)} (leakage): {', '.join(stems)}",
-                stems, [s.image_file for s in group],
+                stems,
+                [s.image_file for s in group],
             )
         else:
             yield _f(
-                "duplicates", Severity.WARNING, f"identical images: {', '.join(stems)}", stems,
+                "duplicates",
+                Severity.WARNING,
+                f"identical images: {', '.join(stems)}",
+                stems,
                 [s.image_file for s in group],
             )
     hashed = [s for s in readable if s.phash is not None]
@@ -301,8 +365,11 @@ def check_duplicates(ctx: QAContext) -> Iterable[Finding]:
         leak = sa and sb and sa != sb
         where = f" across splits {sa}/{sb} (possible leakage)" if leak else ""
         yield _f(
-            "duplicates", Severity.WARNING, f"near-duplicate images{where}: {a.stem}, {b.stem}",
-            [a.stem, b.stem], [a.image_file, b.image_file],
+            "duplicates",
+            Severity.WARNING,
+            f"near-duplicate images{where}: {a.stem}, {b.stem}",
+            [a.stem, b.stem],
+            [a.image_file, b.image_file],
         )
 
 
@@ -322,7 +389,8 @@ def check_classes(ctx: QAContext) -> Iterable[Finding]:
             yield _f("classes", Severity.WARNING, f"class {c.id} {c.name!r} appears in no mask")
         elif c.id != 0 and presence[c.id] < RARE_CLASS_IMAGES:
             yield _f(
-                "classes", Severity.INFO,
+                "classes",
+                Severity.INFO,
                 f"class {c.id} {c.name!r} appears in only {presence[c.id]} image(s)",
             )
 
@@ -339,13 +407,19 @@ def check_image_properties(ctx: QAContext) -> Iterable[Finding]:
             summary = ", ".join(f"{k}: {len(v)}" for k, v in groups.items())
             minority = min(groups.values(), key=len)
             yield _f(
-                "image_properties", Severity.WARNING,
+                "image_properties",
+                Severity.WARNING,
                 f"images have mixed {what} ({summary}); they are converted at training time",
                 minority,
             )
     tiny = [st.stem for st in stats if min(st.height, st.width) < TINY_SIDE]
     if tiny:
-        yield _f("image_properties", Severity.WARNING, f"{len(tiny)} image(s) are smaller than {TINY_SIDE} px", tiny)
+        yield _f(
+            "image_properties",
+            Severity.WARNING,
+            f"{len(tiny)} image(s) are smaller than {TINY_SIDE} px",
+            tiny,
+        )
 
 
 @QA_CHECKS.register("splits")
@@ -356,10 +430,20 @@ def check_splits(ctx: QAContext) -> Iterable[Finding]:
     known = {s.stem for s in ctx.scans} | set(ctx.excluded)
     unknown = [st for st in ctx.splits if st not in known]
     if unknown:
-        yield _f("splits", Severity.ERROR, f"splits.csv lists {len(unknown)} stem(s) with no image (first: {unknown[0]})", unknown)
+        yield _f(
+            "splits",
+            Severity.ERROR,
+            f"splits.csv lists {len(unknown)} stem(s) with no image (first: {unknown[0]})",
+            unknown,
+        )
     missing = [s.stem for s in ctx.scans if s.mask_file is not None and s.stem not in ctx.splits]
     if missing:
-        yield _f("splits", Severity.WARNING, f"{len(missing)} labelled image(s) are not in splits.csv (first: {missing[0]})", missing)
+        yield _f(
+            "splits",
+            Severity.WARNING,
+            f"{len(missing)} labelled image(s) are not in splits.csv (first: {missing[0]})",
+            missing,
+        )
     groups: dict[str, set[str]] = defaultdict(set)
     members: dict[str, list[str]] = defaultdict(list)
     for row in ctx.splits.values():
@@ -369,7 +453,8 @@ def check_splits(ctx: QAContext) -> Iterable[Finding]:
     for group, splits in groups.items():
         if len(splits) > 1:
             yield _f(
-                "splits", Severity.ERROR,
+                "splits",
+                Severity.ERROR,
                 f"group {group!r} straddles splits {sorted(splits)} (leakage); re-run segflow split",
                 members[group],
             )
@@ -380,8 +465,10 @@ def check_excluded(ctx: QAContext) -> Iterable[Finding]:
     """Samples excluded from later stages by ``--exclude``."""
     if ctx.excluded:
         yield _f(
-            "excluded", Severity.INFO,
-            f"{len(ctx.excluded)} sample(s) excluded from later stages by --exclude", ctx.excluded,
+            "excluded",
+            Severity.INFO,
+            f"{len(ctx.excluded)} sample(s) excluded from later stages by --exclude",
+            ctx.excluded,
         )
 
 
@@ -432,9 +519,9 @@ class CheckResult:
 def run_check(
     dataset_path: str | os.PathLike[str],
     *,
-    report_path: Path | None = None,
-    json_path: Path | None = None,
-    exclude_file: Path | None = None,
+    report: Path | None = None,
+    json_out: Path | None = None,
+    exclude: Path | None = None,
     html: bool = True,
     workers: int | None = None,
     progress: bool = False,
@@ -443,17 +530,17 @@ def run_check(
 
     Args:
         dataset_path: the canonical dataset folder.
-        report_path: HTML report path (default ``DATASET/qa_report.html``).
-        json_path: findings path (default ``DATASET/qa.json``).
-        exclude_file: stems to drop from later stages; stored in ``dataset.yaml`` (replacing
+        report: HTML report path (default ``DATASET/qa_report.html``).
+        json_out: findings path (default ``DATASET/qa.json``).
+        exclude: a file of stems to drop from later stages; stored in ``dataset.yaml`` (replacing
             the previous list). Files are never deleted.
         html: write the HTML report.
         workers: worker processes for the scan.
         progress: show a progress bar.
     """
     dataset = CanonicalDataset(dataset_path)
-    if exclude_file is not None:
-        stems = read_exclude_file(exclude_file, dataset)
+    if exclude is not None:
+        stems = read_exclude_file(Path(exclude), dataset)
         dataset.save_meta(dataset.meta.model_copy(update={"exclude": stems}))
     meta = dataset.meta
     image_files = dataset.image_files()
@@ -466,7 +553,10 @@ def run_check(
         for stem, files in image_files.items()
         if stem not in set(excluded)
     ]
-    scans = sorted(parallel_map(_scan, jobs, workers=workers, progress=progress, label="check"), key=lambda s: s.stem)
+    scans = sorted(
+        parallel_map(_scan, jobs, workers=workers, progress=progress, label="check"),
+        key=lambda s: s.stem,
+    )
     ctx = QAContext(
         dataset=dataset,
         scans=scans,
@@ -480,7 +570,7 @@ def run_check(
     findings.sort(key=lambda f: order[f.severity])
     readable = [s.stats for s in scans if s.stats is not None and s.ok]
     fingerprint = Fingerprint.from_stats(meta, readable) if readable else None
-    report = QAReport(
+    qa = QAReport(
         dataset=str(dataset.root),
         created_at=now_iso(),
         num_images=len(scans),
@@ -489,15 +579,15 @@ def run_check(
         findings=findings,
         fingerprint=fingerprint,
     )
-    paths = {"json": json_path or dataset.root / "qa.json"}
-    atomic_write_text(paths["json"], report.model_dump_json(indent=2))
+    paths = {"json": Path(json_out) if json_out else dataset.root / "qa.json"}
+    atomic_write_text(paths["json"], qa.model_dump_json(indent=2))
     if fingerprint is not None:
         paths["fingerprint"] = dataset.root / "fingerprint.json"
         atomic_write_text(paths["fingerprint"], fingerprint.model_dump_json(indent=2))
-    result = CheckResult(report, scans, paths)
+    result = CheckResult(qa, scans, paths)
     if html:
         from segflow.report.qa_report import write_qa_report
 
-        paths["html"] = report_path or dataset.root / "qa_report.html"
+        paths["html"] = Path(report) if report else dataset.root / "qa_report.html"
         write_qa_report(dataset, result, paths["html"])
     return result

@@ -1,9 +1,9 @@
-"""Train/val/test splits and k folds: random, stratified, grouped; deterministic for a seed.
+r"""Train/val/test splits and k folds: random, stratified, grouped; deterministic for a seed.
 
 Groups (samples that must stay on one side) come from three places, merged:
 
 * ``--group-by REGEX`` on the stem (first capture group, or the whole match), e.g. the child of
-  ``Image_01L``/``Image_01R`` with ``Image_(\\d+)``;
+  ``Image_01L``/``Image_01R`` with ``Image_(\d+)``;
 * the ``group`` column an importer or an earlier split wrote into ``splits.csv``;
 * masks that are pixel-identical (several images sharing one mask, as in multi-temporal scenes);
   masks with a single value (all background) are not grouped by this rule.
@@ -108,7 +108,10 @@ def _allocate(
 
 
 def _fill_empty_parts(
-    assignment: dict[str, str], sizes: dict[str, int], fractions: dict[str, float], rng: random.Random
+    assignment: dict[str, str],
+    sizes: dict[str, int],
+    fractions: dict[str, float],
+    rng: random.Random,
 ) -> None:
     """Give every part with a non-zero fraction at least one group, taken from the biggest part."""
     for part, frac in fractions.items():
@@ -160,7 +163,9 @@ def make_splits(
         try:
             pattern = re.compile(group_by)
         except re.error as exc:
-            raise UsageError(f"--group-by {group_by!r} is not a valid regular expression: {exc}") from None
+            raise UsageError(
+                f"--group-by {group_by!r} is not a valid regular expression: {exc}"
+            ) from None
     dataset = CanonicalDataset(dataset_path)
     samples = dataset.labelled_samples()
     if not samples:
@@ -169,7 +174,9 @@ def make_splits(
     stems = [s.stem for s in samples]
     mask_paths = [s.mask for s in samples if s.mask is not None]
     jobs = list(enumerate(mask_paths))
-    done = sorted(parallel_map(_summary_job, jobs, workers=workers, progress=progress, label="split"))
+    done = sorted(
+        parallel_map(_summary_job, jobs, workers=workers, progress=progress, label="split")
+    )
     summaries = {stems[i]: summary for i, summary in done}
     warnings: list[str] = []
     uf = _UnionFind(stems)
@@ -187,27 +194,37 @@ def make_splits(
             by_key[key].append(stem)
             labels[stem] = key
     if unmatched:
-        warnings.append(f"--group-by matched no group in {len(unmatched)} stem(s) (first: {unmatched[0]}); each is its own group")
+        warnings.append(
+            f"--group-by matched no group in {len(unmatched)} stem(s) (first: {unmatched[0]}); "
+            "each is its own group"
+        )
     by_mask: dict[str, list[str]] = defaultdict(list)
     for stem, (_, digest) in summaries.items():
         if digest:
             by_mask[digest].append(stem)
     shared = [members for members in by_mask.values() if len(members) > 1]
     if shared:
-        warnings.append(f"{sum(len(m) for m in shared)} images share {len(shared)} identical mask(s); kept together")
+        warnings.append(
+            f"{sum(len(m) for m in shared)} images share {len(shared)} identical mask(s); kept together"
+        )
     for members in [*by_key.values(), *shared]:
         for other in members[1:]:
             uf.union(members[0], other)
     components: dict[str, list[str]] = defaultdict(list)
     for stem in stems:
         components[uf.find(stem)].append(stem)
-    group_name = {root: min((labels[s] for s in members if s in labels), default=root) for root, members in components.items()}
+    group_name = {
+        root: min((labels[s] for s in members if s in labels), default=root)
+        for root, members in components.items()
+    }
 
     n_classes = dataset.meta.num_classes
     ignore = dataset.meta.ignore_index
     signature: dict[str, tuple[int, ...]] = {}
     for root, members in components.items():
-        present = {c for s in members for c in summaries[s][0] if c not in (0, ignore) and c < n_classes}
+        present = {
+            c for s in members for c in summaries[s][0] if c not in (0, ignore) and c < n_classes
+        }
         signature[root] = tuple(sorted(present)) if stratify else ()
     if folds is not None:
         fractions = {"test": test, **{f"fold{k}": (1 - test) / folds for k in range(folds)}}
@@ -219,7 +236,7 @@ def make_splits(
     assignment = _allocate(strata, fractions, rng)
     _fill_empty_parts(assignment, {r: len(m) for r, m in components.items()}, fractions, rng)
 
-    rows = []
+    rows: list[SplitRow] = []
     for root, members in components.items():
         part = assignment[root]
         fold = int(part[4:]) if part.startswith("fold") else None

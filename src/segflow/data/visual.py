@@ -10,8 +10,11 @@ from segflow.data.dataset import ClassInfo
 
 
 def to_display_rgb(image: np.ndarray) -> np.ndarray:
-    """An ``H x W x 3`` uint8 view of any image: grey -> RGB, >3 bands -> first 3, 16-bit/float ->
-    stretched between the 1st and 99th percentile (how remote-sensing viewers show raw bands)."""
+    """An ``H x W x 3`` uint8 view of any image, for display.
+
+    Grey becomes RGB, more than 3 bands keep the first 3, 16-bit and float data are stretched
+    between their 1st and 99th percentile (how remote-sensing viewers show raw bands).
+    """
     arr = image if image.ndim == 3 else image[:, :, None]
     if arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
@@ -25,12 +28,17 @@ def to_display_rgb(image: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(data, [1, 99])
     if hi <= lo:
         hi = lo + 1.0
-    return np.clip((data - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
+    out: np.ndarray = np.clip((data - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
+    return out
 
 
-def palette_array(classes: Sequence[ClassInfo], ignore_color: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
-    """A 256 x 3 uint8 lookup table: class id -> colour; ids without a class are magenta
-    (so invalid mask values stand out), 255 -> ``ignore_color``."""
+def palette_array(
+    classes: Sequence[ClassInfo], ignore_color: tuple[int, int, int] = (255, 255, 255)
+) -> np.ndarray:
+    """A 256 x 3 uint8 lookup table from class id to colour.
+
+    Ids without a class are magenta (so invalid mask values stand out); 255 is ``ignore_color``.
+    """
     lut = np.zeros((256, 3), dtype=np.uint8)
     lut[:] = (255, 0, 255)
     for c in classes:
@@ -41,7 +49,8 @@ def palette_array(classes: Sequence[ClassInfo], ignore_color: tuple[int, int, in
 
 def colorize(mask: np.ndarray, classes: Sequence[ClassInfo]) -> np.ndarray:
     """Colour mask ``H x W x 3`` uint8 from class ids."""
-    return palette_array(classes)[mask]
+    colored: np.ndarray = palette_array(classes)[mask]
+    return colored
 
 
 def overlay(
@@ -51,15 +60,19 @@ def overlay(
     alpha: float = 0.5,
     background_id: int | None = 0,
 ) -> np.ndarray:
-    """Blend the coloured mask onto the image; background (and ignore) pixels stay untouched
-    except for ignore, which is hatched lightly so unlabelled areas remain visible."""
+    """Blend the coloured mask onto the image.
+
+    Background pixels stay untouched; ignore pixels are tinted lightly so unlabelled areas stay
+    visible.
+    """
     rgb = to_display_rgb(image).astype(np.float32)
     colors = colorize(mask, classes).astype(np.float32)
     paint = np.ones(mask.shape, dtype=bool) if background_id is None else mask != background_id
     a = np.where(paint, alpha, 0.0)[:, :, None]
     a[mask == 255] = 0.25
     out = rgb * (1 - a) + colors * a
-    return out.clip(0, 255).astype(np.uint8)
+    blended: np.ndarray = out.clip(0, 255).astype(np.uint8)
+    return blended
 
 
 def thumbnail(image: np.ndarray, max_side: int, nearest: bool = False) -> np.ndarray:
@@ -79,7 +92,9 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
     """JPEG bytes of an RGB uint8 image."""
     import cv2
 
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    ok, buf = cv2.imencode(
+        ".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality]
+    )
     if not ok:
         raise ValueError("JPEG encoding failed")
     return buf.tobytes()

@@ -51,7 +51,9 @@ def render(template: str, out: Path, **context: Any) -> Path:
     """Render ``templates/<template>`` with autoescaping and write it atomically to ``out``."""
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"])
+    )
     env.filters["css_color"] = css_color
     html = env.get_template(template).render(**context)
     atomic_write_text(out, html)

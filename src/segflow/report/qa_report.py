@@ -72,7 +72,7 @@ def _overlay_cards(dataset: CanonicalDataset, result: CheckResult) -> list[dict[
     rest = [s for s in scans if s.stem not in severity]
     room = max(MAX_OVERLAYS - len(flagged), 0)
     if len(rest) > room:
-        idx = np.linspace(0, len(rest) - 1, room).round().astype(int) if room else []
+        idx = np.linspace(0, len(rest) - 1, room).round().astype(int).tolist() if room else []
         rest = [rest[i] for i in idx]
     names = {c.id: c.name for c in dataset.meta.classes}
     cards = []
@@ -88,15 +88,17 @@ def _overlay_cards(dataset: CanonicalDataset, result: CheckResult) -> list[dict[
             if small_mask.shape == small.shape[:2]:
                 small = overlay(small, small_mask, dataset.meta.classes)
         present = [names.get(c, str(c)) for c in s.present_classes() if c != 0]
-        cards.append({
-            "stem": s.stem,
-            "uri": jpeg_uri(small),
-            "height": s.stats.height if s.stats else 0,
-            "width": s.stats.width if s.stats else 0,
-            "classes": ", ".join(present) if s.mask_file else "no mask",
-            "severity": severity.get(s.stem, ""),
-            "note": note.get(s.stem, ""),
-        })
+        cards.append(
+            {
+                "stem": s.stem,
+                "uri": jpeg_uri(small),
+                "height": s.stats.height if s.stats else 0,
+                "width": s.stats.width if s.stats else 0,
+                "classes": ", ".join(present) if s.mask_file else "no mask",
+                "severity": severity.get(s.stem, ""),
+                "note": note.get(s.stem, ""),
+            }
+        )
     return cards
 
 

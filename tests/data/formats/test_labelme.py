@@ -18,7 +18,9 @@ from segflow.data.image_io import read_mask
 from segflow.errors import DataError
 
 
-def _labelme_reference(doc: dict, names: list[str], line_width: int = 10, radius: int = 5) -> np.ndarray:
+def _labelme_reference(
+    doc: dict, names: list[str], line_width: int = 10, radius: int = 5
+) -> np.ndarray:
     """Expected mask from labelme's documented rules: Pillow, outline included, list order."""
     h, w = doc["imageHeight"], doc["imageWidth"]
     out = np.zeros((h, w), np.uint8)
@@ -49,7 +51,16 @@ def test_mandrill_every_shape_type_in_list_order(real: Path, tmp_path: Path) -> 
     report = run_import("labelme", src, tmp_path / "ds")
     ds = CanonicalDataset(tmp_path / "ds")
     names = [c.name for c in ds.meta.classes]
-    assert names == ["background", "Eye", "EyeBrow", "Glabella", "Groove", "Iris", "Nose", "Nostril"]
+    assert names == [
+        "background",
+        "Eye",
+        "EyeBrow",
+        "Glabella",
+        "Groove",
+        "Iris",
+        "Nose",
+        "Nostril",
+    ]
     doc = json.loads((src / "Mandrill.json").read_text())
     expected = _labelme_reference(doc, names)
     mask = read_mask(tmp_path / "ds" / "masks" / "Mandrill.png")
@@ -60,7 +71,9 @@ def test_mandrill_every_shape_type_in_list_order(real: Path, tmp_path: Path) -> 
     # Later shapes paint over earlier ones: both nostril points sit inside the nose rectangle.
     assert counts["Nostril"] > 0 and mask[191, 101] == names.index("Nostril")
     # The image was copied byte for byte, not re-encoded.
-    assert (tmp_path / "ds" / "images" / "Mandrill.jpg").read_bytes() == (src / "Mandrill.jpg").read_bytes()
+    assert (tmp_path / "ds" / "images" / "Mandrill.jpg").read_bytes() == (
+        src / "Mandrill.jpg"
+    ).read_bytes()
 
 
 def test_v3_file_embedded_image_non_ascii_labels(real: Path, tmp_path: Path) -> None:
@@ -85,26 +98,45 @@ def test_windows_path_resolves_by_file_name(real: Path, tmp_path: Path) -> None:
     images.mkdir()
     Image.new("RGB", (512, 512)).save(images / "stem.jpg")
     report = run_import(
-        "labelme", real / "labelme" / "windows_backslash_path", tmp_path / "ds", ImportOptions(images=images)
+        "labelme",
+        real / "labelme" / "windows_backslash_path",
+        tmp_path / "ds",
+        ImportOptions(images=images),
     )
     # One point of radius 5 at (0, 1): a clipped disk.
     assert report.class_pixels["TL"] > 0
     assert report.meta.class_names == ["background", "TL"]
 
 
-def _write_labelme(folder: Path, stem: str, shapes: list[dict], size: tuple[int, int] = (40, 60), **extra) -> Path:
+def _write_labelme(
+    folder: Path, stem: str, shapes: list[dict], size: tuple[int, int] = (40, 60), **extra
+) -> Path:
     h, w = size
     img = folder / f"{stem}.png"
     Image.new("RGB", (w, h), (10, 20, 30)).save(img)
-    doc = {"version": "5.0.1", "shapes": shapes, "imagePath": img.name, "imageData": None,
-           "imageHeight": h, "imageWidth": w, **extra}
+    doc = {
+        "version": "5.0.1",
+        "shapes": shapes,
+        "imagePath": img.name,
+        "imageData": None,
+        "imageHeight": h,
+        "imageWidth": w,
+        **extra,
+    }
     path = folder / f"{stem}.json"
     path.write_text(json.dumps(doc))
     return path
 
 
 def _shape(label: str, points: list, kind: str = "polygon", **extra) -> dict:
-    return {"label": label, "points": points, "shape_type": kind, "group_id": None, "flags": {}, **extra}
+    return {
+        "label": label,
+        "points": points,
+        "shape_type": kind,
+        "group_id": None,
+        "flags": {},
+        **extra,
+    }
 
 
 def test_mask_shape_and_classes_file_with_ignore(tmp_path: Path) -> None:
@@ -114,10 +146,16 @@ def test_mask_shape_and_classes_file_with_ignore(tmp_path: Path) -> None:
     bits[1:4, 1:3] = 255
     buf = io.BytesIO()
     Image.fromarray(bits).save(buf, format="PNG")
-    _write_labelme(src, "a", [
-        _shape("vein", [[2, 2], [20, 2], [20, 20], [2, 20]]),
-        _shape("blur", [[30, 30], [33, 34]], "mask", mask=base64.b64encode(buf.getvalue()).decode()),
-    ])
+    _write_labelme(
+        src,
+        "a",
+        [
+            _shape("vein", [[2, 2], [20, 2], [20, 20], [2, 20]]),
+            _shape(
+                "blur", [[30, 30], [33, 34]], "mask", mask=base64.b64encode(buf.getvalue()).decode()
+            ),
+        ],
+    )
     classes = tmp_path / "labels.txt"
     classes.write_text("__ignore__\n_background_\nvein\n")
     report = run_import("labelme", src, tmp_path / "ds", ImportOptions(classes=classes))
@@ -151,10 +189,24 @@ def test_strict_unknown_label_fails_and_leaves_nothing(tmp_path: Path) -> None:
 def test_v3_without_shape_type_is_polygon_and_later_paints_over(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    _write_labelme(src, "a", [
-        {"label": "b", "points": [[0, 0], [30, 0], [30, 30], [0, 30]], "line_color": None, "fill_color": None},
-        {"label": "a", "points": [[10, 10], [20, 10], [20, 20], [10, 20]], "line_color": None, "fill_color": None},
-    ])
+    _write_labelme(
+        src,
+        "a",
+        [
+            {
+                "label": "b",
+                "points": [[0, 0], [30, 0], [30, 30], [0, 30]],
+                "line_color": None,
+                "fill_color": None,
+            },
+            {
+                "label": "a",
+                "points": [[10, 10], [20, 10], [20, 20], [10, 20]],
+                "line_color": None,
+                "fill_color": None,
+            },
+        ],
+    )
     run_import("labelme", src, tmp_path / "ds")
     mask = read_mask(tmp_path / "ds" / "masks" / "a.png")
     assert int((mask == 1).sum()) == 11 * 11  # 'a' (id 1) drawn last, outline included

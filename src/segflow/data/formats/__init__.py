@@ -17,7 +17,18 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 #: Modules that register importers (and exporters); the names users type are the registry keys.
-FORMAT_MODULES = ("labelme",)
+FORMAT_MODULES = (
+    "labelme",
+    "coco",
+    "coco_export",
+    "cvat",
+    "geojson",
+    "voc",
+    "mmseg",
+    "roboflow",
+    "labelstudio",
+    "masks",
+)
 
 
 class _LazyRegistry(Registry[T]):

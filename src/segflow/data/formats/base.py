@@ -15,13 +15,11 @@ the dataset only when everything succeeded.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import re
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, ClassVar, Literal, Protocol
@@ -29,7 +27,7 @@ from typing import Any, ClassVar, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from segflow._progress import ProgressBar
+from segflow._parallel import parallel_map
 from segflow.data import image_io
 from segflow.data.dataset import (
     IGNORE_INDEX,
@@ -41,7 +39,12 @@ from segflow.data.dataset import (
     now_iso,
     write_image_file,
 )
-from segflow.data.formats.classes import ClassesSpec, ClassMapping, load_classes_file, resolve_classes
+from segflow.data.formats.classes import (
+    ClassesSpec,
+    ClassMapping,
+    load_classes_file,
+    resolve_classes,
+)
 from segflow.errors import DataError, SegflowError, UsageError
 
 log = logging.getLogger("segflow.import")
@@ -52,22 +55,50 @@ class ImportOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    classes: Path | None = Field(None, description="classes file fixing class names, order and colours")
-    strict: bool = Field(False, description="labels outside --classes and skipped shapes are errors")
-    images: Path | None = Field(None, description="folder holding the images, when not beside the annotations")
-    crowd: Literal["class", "ignore"] = Field("class", description="COCO iscrowd regions: their class, or ignore")
-    line_width: int = Field(10, ge=1, description="LabelMe line/linestrip width in pixels (labelme's default)")
-    point_radius: int = Field(5, ge=0, description="LabelMe point disk radius in pixels (labelme's default)")
-    label_property: str | None = Field(None, description="GeoJSON feature property holding the class name")
-    coords: Literal["auto", "pixel", "crs"] = Field("auto", description="GeoJSON coordinates: pixels or the raster CRS")
-    img_suffix: str | None = Field(None, description="MMSeg image suffix, e.g. _img.jpg (auto-detected)")
-    seg_suffix: str | None = Field(None, description="MMSeg annotation suffix, e.g. _gt.png (auto-detected)")
-    reduce_zero_label: bool = Field(False, description="MMSeg: label 0 is ignore, others shift down by one")
-    palette: Path | None = Field(None, description="masks: classes file whose colours decode RGB masks")
-    skip_bad: bool = Field(False, description="skip broken samples with a warning instead of failing")
+    classes: Path | None = Field(
+        None, description="classes file fixing class names, order and colours"
+    )
+    strict: bool = Field(
+        False, description="labels outside --classes and skipped shapes are errors"
+    )
+    images: Path | None = Field(
+        None, description="folder holding the images, when not beside the annotations"
+    )
+    crowd: Literal["class", "ignore"] = Field(
+        "class", description="COCO iscrowd regions: their class, or ignore"
+    )
+    line_width: int = Field(
+        10, ge=1, description="LabelMe line/linestrip width in pixels (labelme's default)"
+    )
+    point_radius: int = Field(
+        5, ge=0, description="LabelMe point disk radius in pixels (labelme's default)"
+    )
+    label_property: str | None = Field(
+        None, description="GeoJSON feature property holding the class name"
+    )
+    coords: Literal["auto", "pixel", "crs"] = Field(
+        "auto", description="GeoJSON coordinates: pixels or the raster CRS"
+    )
+    img_suffix: str | None = Field(
+        None, description="MMSeg image suffix, e.g. _img.jpg (auto-detected)"
+    )
+    seg_suffix: str | None = Field(
+        None, description="MMSeg annotation suffix, e.g. _gt.png (auto-detected)"
+    )
+    reduce_zero_label: bool = Field(
+        False, description="MMSeg: label 0 is ignore, others shift down by one"
+    )
+    palette: Path | None = Field(
+        None, description="masks: classes file whose colours decode RGB masks"
+    )
+    skip_bad: bool = Field(
+        False, description="skip broken samples with a warning instead of failing"
+    )
     overwrite: bool = Field(False, description="replace OUT if it is an existing segflow dataset")
     name: str | None = Field(None, description="dataset name (default: OUT's folder name)")
-    workers: int | None = Field(None, ge=1, description="worker processes (default: CPU count, max 8)")
+    workers: int | None = Field(
+        None, ge=1, description="worker processes (default: CPU count, max 8)"
+    )
 
 
 @dataclass
@@ -110,6 +141,8 @@ class Importer(ABC):
 
     name: ClassVar[str]
     summary: ClassVar[str]
+    #: ``--images`` may name one image file (for a single annotation file), not only a folder.
+    images_may_be_file: ClassVar[bool] = False
 
     @abstractmethod
     def plan(self, src: Path, options: ImportOptions) -> ImportPlan:
@@ -136,7 +169,7 @@ class Importer(ABC):
 
 
 def portable_name(raw: str) -> str:
-    """The file name of a path written on any OS (``C:\\a\\b.jpg`` and ``a/b.jpg`` -> the last part)."""
+    r"""The file name of a path written on any OS (``C:\a\b.jpg`` and ``a/b.jpg`` -> ``b.jpg``)."""
     return PureWindowsPath(raw).name if "\\" in raw else PurePosixPath(raw).name
 
 
@@ -182,10 +215,13 @@ def resolve_image_path(
         if candidate.is_file() and contained(candidate, roots):
             return candidate
     if not is_absolute and not contained(annotation.parent / norm, roots):
-        raise DataError(annotation, f"image path '{raw}' escapes the source folder; refusing to read it")
+        raise DataError(
+            annotation, f"image path '{raw}' escapes the source folder; refusing to read it"
+        )
     looked = ", ".join(dict.fromkeys(str(d) for d in search_dirs))
     raise DataError(
-        annotation, f"image '{raw}' not found (looked beside the annotation and in {looked}; pass --images DIR)"
+        annotation,
+        f"image '{raw}' not found (looked beside the annotation and in {looked}; pass --images DIR)",
     )
 
 
@@ -210,7 +246,9 @@ def find_files(root: Path, suffixes: Iterable[str]) -> list[Path]:
     return sorted(
         p
         for p in root.rglob("*")
-        if p.is_file() and p.name.lower().endswith(wanted) and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        if p.is_file()
+        and p.name.lower().endswith(wanted)
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
 
 
@@ -218,7 +256,9 @@ def images_by_stem(folder: Path) -> dict[str, Path]:
     """Image files directly inside ``folder`` keyed by stem."""
     if not folder.is_dir():
         return {}
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and image_io.is_image_file(p)}
+    return {
+        p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and image_io.is_image_file(p)
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -278,13 +318,14 @@ def _materialise(task: _Task) -> SampleResult:
     spec = task.spec
     importer = IMPORTERS.get(task.importer)()
     if spec.image is not None:
-        array = image_io.read_image(spec.image)  # full decode: truncated files fail here
+        # Full decode: truncated files fail here. The file itself is copied, not re-encoded.
+        height, width, channels, dtype = image_io.verify_image(spec.image)
         image_file = write_image_file(task.images_dir, spec.stem, spec.image, None, None)
     else:
         data = importer.image_bytes(spec)
         array = image_io.decode_image_bytes(data, f"{spec.source} (embedded image)")
+        height, width, channels, dtype = *array.shape[:3], str(array.dtype)
         image_file = write_image_file(task.images_dir, spec.stem, None, data, None)
-    height, width = array.shape[:2]
     if spec.declared_size is not None and tuple(spec.declared_size) != (height, width):
         dh, dw = spec.declared_size
         raise DataError(
@@ -298,18 +339,20 @@ def _materialise(task: _Task) -> SampleResult:
             spec.source,
             f"mask is {mask.shape[1]}x{mask.shape[0]} {mask.dtype} but the image is {width}x{height}",
         )
-    values = np.bincount(mask.ravel(), minlength=256)
+    values = image_io.class_histogram(mask)
     bad = [v for v in np.flatnonzero(values) if v >= task.num_classes and v != IGNORE_INDEX]
     if bad:
-        raise DataError(spec.source, f"mask values {bad} are not class ids (0..{task.num_classes - 1}) or 255")
+        raise DataError(
+            spec.source, f"mask values {bad} are not class ids (0..{task.num_classes - 1}) or 255"
+        )
     image_io.write_png(task.masks_dir / f"{spec.stem}.png", mask)
     return SampleResult(
         stem=spec.stem,
         image_file=image_file.name,
         height=height,
         width=width,
-        channels=array.shape[2],
-        dtype=str(array.dtype),
+        channels=channels,
+        dtype=dtype,
         class_pixels=values.tolist(),
         warnings=rendered.warnings,
     )
@@ -321,38 +364,6 @@ def _safe_materialise(task: _Task) -> SampleResult:
     except SegflowError as exc:
         # DataError/UsageError are reported, not raised: the parent decides to stop or skip.
         return SampleResult(stem=task.spec.stem, error=str(exc))
-
-
-def default_workers() -> int:
-    """Worker processes for CPU-bound stages: the CPUs this process may use, at most 8."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 8))
-
-
-def _run_tasks(
-    tasks: list[_Task], workers: int, on_done: Callable[[SampleResult], bool]
-) -> None:
-    """Run tasks in-process (few) or in a process pool; ``on_done`` returns False to stop early."""
-    if workers <= 1 or len(tasks) < 8:
-        for t in tasks:
-            if not on_done(_safe_materialise(t)):
-                return
-        return
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    ctx = multiprocessing.get_context(method)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        pending: set[Future[SampleResult]] = {pool.submit(_safe_materialise, t) for t in tasks}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION, timeout=0.5)
-            for fut in done:
-                if not on_done(fut.result()):
-                    for p in pending:
-                        p.cancel()
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    return
 
 
 def run_import(
@@ -376,9 +387,13 @@ def run_import(
     if not src_path.exists():
         raise UsageError(f"{src_path}: source not found")
     out_path = Path(out)
-    if out_path.resolve() == src_path.resolve() or out_path.resolve().is_relative_to(src_path.resolve()) and src_path.is_dir():
+    if out_path.resolve() == src_path.resolve() or (
+        out_path.resolve().is_relative_to(src_path.resolve()) and src_path.is_dir()
+    ):
         raise UsageError(f"{out_path}: output must not be inside the source {src_path}")
-    if options.images is not None and not options.images.is_dir():
+    if options.images is not None and not (
+        options.images.is_dir() or (importer_cls.images_may_be_file and options.images.is_file())
+    ):
         raise UsageError(f"{options.images}: --images folder not found")
     spec: ClassesSpec | None = load_classes_file(options.classes) if options.classes else None
 
@@ -386,7 +401,9 @@ def run_import(
     importer = importer_cls()
     plan = importer.plan(src_path, options)
     if not plan.samples:
-        raise DataError(src_path, f"no {importer_cls.name} samples found (is this the right format and folder?)")
+        raise DataError(
+            src_path, f"no {importer_cls.name} samples found (is this the right format and folder?)"
+        )
     _check_duplicate_stems(plan.samples)
 
     mapping = plan.mapping or resolve_classes(
@@ -411,13 +428,19 @@ def run_import(
     failure: list[str] = []
     with writer:
         tasks = [
-            _Task(importer_cls.name, s, writer.images, writer.masks, mapping.label_ids, options, len(mapping.classes))
+            _Task(
+                importer_cls.name,
+                s,
+                writer.images,
+                writer.masks,
+                mapping.label_ids,
+                options,
+                len(mapping.classes),
+            )
             for s in plan.samples
         ]
-        bar = ProgressBar(progress, f"import {importer_cls.name}", len(tasks))
 
         def on_done(res: SampleResult) -> bool:
-            bar.advance()
             if res.error is not None:
                 if options.skip_bad:
                     skipped.append(res)
@@ -430,8 +453,15 @@ def run_import(
             results.append(res)
             return True
 
-        with bar:
-            _run_tasks(tasks, options.workers or default_workers(), on_done)
+        for res in parallel_map(
+            _safe_materialise,
+            tasks,
+            workers=options.workers,
+            progress=progress,
+            label=f"import {importer_cls.name}",
+        ):
+            if not on_done(res):
+                break
         if failure:
             raise DataError(None, failure[0])
         if not results:
@@ -474,6 +504,13 @@ def _check_duplicate_stems(samples: Sequence[SampleSpec]) -> None:
 class DatasetExporter(Protocol):
     """Writes a canonical dataset out in another format (e.g. COCO JSON for re-labelling)."""
 
-    def __call__(self, dataset: CanonicalDataset, out: Path, *, progress: bool = False) -> Path:
+    def __call__(
+        self,
+        dataset: CanonicalDataset,
+        out: Path,
+        *,
+        overwrite: bool = False,
+        progress: bool = False,
+    ) -> Path:
         """Export ``dataset`` to ``out`` atomically and return the written path."""
         ...

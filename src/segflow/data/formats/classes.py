@@ -157,7 +157,9 @@ def resolve_classes(
             rest.sort()
         names = [bg_label if bg_label is not None and has_background else "background", *rest]
         if len(names) > IGNORE_INDEX:
-            raise DataError(where, f"{len(names)} classes do not fit in a uint8 mask (max {IGNORE_INDEX})")
+            raise DataError(
+                where, f"{len(names)} classes do not fit in a uint8 mask (max {IGNORE_INDEX})"
+            )
         class_colors = [colors.get(bg_label or "", (0, 0, 0))] + [colors.get(n) for n in rest]
         classes = make_classes(names, class_colors)
         label_ids = {name: i for i, name in enumerate(names)}
@@ -168,7 +170,11 @@ def resolve_classes(
         return ClassMapping(classes, label_ids)
 
     classes = make_classes(
-        spec.names, [c if c is not None else colors.get(n) for n, c in zip(spec.names, spec.colors, strict=True)]
+        spec.names,
+        [
+            c if c is not None else colors.get(n)
+            for n, c in zip(spec.names, spec.colors, strict=True)
+        ],
     )
     by_name = {name: i for i, name in enumerate(spec.names)}
     label_ids = dict(by_name)

@@ -37,7 +37,15 @@ from segflow.data.formats.raster import as_points, check_bounds
 from segflow.errors import DataError
 
 SHAPE_TYPES = ("polygon", "rectangle", "circle", "line", "linestrip", "point", "mask")
-_MIN_POINTS = {"polygon": 3, "rectangle": 2, "circle": 2, "line": 2, "linestrip": 2, "point": 1, "mask": 2}
+_MIN_POINTS = {
+    "polygon": 3,
+    "rectangle": 2,
+    "circle": 2,
+    "line": 2,
+    "linestrip": 2,
+    "point": 1,
+    "mask": 2,
+}
 
 
 def _is_labelme(doc: Any) -> bool:
@@ -71,7 +79,9 @@ class LabelMeImporter(Importer):
             labels += [s["label"] for s in shapes]
             image: Path | None = None
             if not doc.get("imageData"):
-                image = resolve_image_path(str(doc.get("imagePath") or ""), path, roots, [path.parent, *search])
+                image = resolve_image_path(
+                    str(doc.get("imagePath") or ""), path, roots, [path.parent, *search]
+                )
             declared = None
             if isinstance(doc.get("imageHeight"), int) and isinstance(doc.get("imageWidth"), int):
                 declared = (doc["imageHeight"], doc["imageWidth"])
@@ -106,7 +116,9 @@ class LabelMeImporter(Importer):
                     f"{where} ({label!r}) is a {kind} with {len(points)} point(s); it needs at least "
                     f"{_MIN_POINTS[kind]}",
                 )
-            shapes.append({"label": label, "kind": kind, "points": points, "mask": shape.get("mask")})
+            shapes.append(
+                {"label": label, "kind": kind, "points": points, "mask": shape.get("mask")}
+            )
         return shapes
 
     def image_bytes(self, spec: SampleSpec) -> bytes:
@@ -143,7 +155,9 @@ class LabelMeImporter(Importer):
                 draw.polygon(xy, fill=value, outline=value)
             elif kind == "rectangle":
                 (x0, y0), (x1, y1) = xy[0], xy[1]
-                draw.rectangle([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], fill=value, outline=value)
+                draw.rectangle(
+                    [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], fill=value, outline=value
+                )
             elif kind == "circle":
                 (cx, cy), (px, py) = xy[0], xy[1]
                 r = math.hypot(cx - px, cy - py)
@@ -171,7 +185,10 @@ class LabelMeImporter(Importer):
         arr = np.asarray(canvas).copy()
         x0, y0 = (int(v) for v in shape["points"][0])
         h, w = bits.shape
-        ys, xs = slice(max(y0, 0), min(y0 + h, arr.shape[0])), slice(max(x0, 0), min(x0 + w, arr.shape[1]))
+        ys, xs = (
+            slice(max(y0, 0), min(y0 + h, arr.shape[0])),
+            slice(max(x0, 0), min(x0 + w, arr.shape[1])),
+        )
         sub = bits[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
         arr[ys, xs][sub] = value
         return Image.fromarray(arr)

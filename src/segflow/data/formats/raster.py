@@ -27,7 +27,9 @@ from segflow.errors import DataError
 OUT_OF_BOUNDS_TOLERANCE = 0.1
 
 
-def check_bounds(points: np.ndarray, height: int, width: int, source: Path | str, what: str) -> None:
+def check_bounds(
+    points: np.ndarray, height: int, width: int, source: Path | str, what: str
+) -> None:
     """Raise DataError when a vertex lies far outside the image (see OUT_OF_BOUNDS_TOLERANCE)."""
     if points.size == 0:
         return
@@ -36,7 +38,9 @@ def check_bounds(points: np.ndarray, height: int, width: int, source: Path | str
     tx, ty = OUT_OF_BOUNDS_TOLERANCE * width + 1, OUT_OF_BOUNDS_TOLERANCE * height + 1
     xs, ys = points[:, 0], points[:, 1]
     if xs.min() < -tx or xs.max() > width + tx or ys.min() < -ty or ys.max() > height + ty:
-        far = points[np.argmax(np.maximum(np.abs(xs - width / 2) / width, np.abs(ys - height / 2) / height))]
+        far = points[
+            np.argmax(np.maximum(np.abs(xs - width / 2) / width, np.abs(ys - height / 2) / height))
+        ]
         raise DataError(
             source,
             f"{what} has a point at ({far[0]:g}, {far[1]:g}), far outside the {width}x{height} image",
@@ -66,10 +70,13 @@ def coco_polygons(polygons: Sequence[np.ndarray], height: int, width: int) -> np
     if not flat:
         return np.zeros((height, width), dtype=bool)
     rles = mask_utils.frPyObjects(flat, height, width)
-    return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+    mask: np.ndarray = mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+    return mask
 
 
-def coco_rle(segmentation: dict[str, Any], height: int, width: int, source: Path | str, what: str) -> np.ndarray:
+def coco_rle(
+    segmentation: dict[str, Any], height: int, width: int, source: Path | str, what: str
+) -> np.ndarray:
     """Decode a COCO RLE (compressed string or uncompressed list ``counts``); bool ``H x W``."""
     from pycocotools import mask as mask_utils
 
@@ -84,11 +91,17 @@ def coco_rle(segmentation: dict[str, Any], height: int, width: int, source: Path
     try:
         if isinstance(counts, list):
             if sum(int(c) for c in counts) != height * width:
-                raise DataError(source, f"{what}: RLE counts sum to {sum(counts)}, not {height * width}")
+                raise DataError(
+                    source, f"{what}: RLE counts sum to {sum(counts)}, not {height * width}"
+                )
             rle = mask_utils.frPyObjects(segmentation, height, width)
         else:
-            rle = {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-        return mask_utils.decode(rle).astype(bool)
+            rle = {
+                "size": [height, width],
+                "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+            }
+        decoded: np.ndarray = mask_utils.decode(rle).astype(bool)
+        return decoded
     except (TypeError, ValueError, UnicodeEncodeError) as exc:
         raise DataError(source, f"{what}: cannot decode RLE ({exc})") from None
 
@@ -104,4 +117,21 @@ def rotated_box_polygon(x: float, y: float, w: float, h: float, degrees: float) 
     c, s = np.cos(theta), np.sin(theta)
     local = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float64)
     rot = np.array([[c, -s], [s, c]])
-    return local @ rot.T + np.array([x, y])
+    corners: np.ndarray = local @ rot.T + np.array([x, y])
+    return corners
+
+
+def filled_ellipse(
+    cx: float, cy: float, rx: float, ry: float, degrees: float, height: int, width: int
+) -> np.ndarray:
+    """A filled, rotated ellipse by CVAT's own rule; bool ``H x W``.
+
+    CVAT (``EllipsesToMasks``) rounds the centre and the radii to whole pixels and fills with
+    ``cv2.ellipse``; ``degrees`` turns clockwise on screen (y points down).
+    """
+    import cv2
+
+    out = np.zeros((height, width), dtype=np.uint8)
+    axes = (max(round(rx), 0), max(round(ry), 0))
+    cv2.ellipse(out, (round(cx), round(cy)), axes, float(degrees), 0, 360, 1, thickness=-1)
+    return out.astype(bool)
