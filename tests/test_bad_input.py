@@ -129,6 +129,13 @@ def absolute_image_path_outside(tmp: Path) -> list[str]:
     return ["import", "labelme", str(tmp / "src"), str(tmp / "out")]
 
 
+def symlink_escapes(tmp: Path) -> list[str]:
+    outside = _img(tmp / "elsewhere" / "secret.png")
+    _labelme(tmp / "src", "a", [_poly()], image="link.png")
+    (tmp / "src" / "link.png").symlink_to(outside.resolve())
+    return ["import", "labelme", str(tmp / "src"), str(tmp / "out")]
+
+
 def labelme_given_to_coco(tmp: Path) -> list[str]:
     path = _labelme(tmp / "src", "a", [_poly()])
     return ["import", "coco", str(path), str(tmp / "out")]
@@ -339,6 +346,7 @@ CASES: dict[str, Case] = {
     "unknown_label_strict": Case(unknown_label_strict, 1, ("'cat'", "not in classes file")),
     "image_path_escapes": Case(image_path_escapes, 1, ("a.json", "escapes the source folder")),
     "absolute_image_path_outside": Case(absolute_image_path_outside, 1, ("a.json", "not found")),
+    "symlink_escapes": Case(symlink_escapes, 1, ("a.json", "escapes the source folder")),
     "labelme_given_to_coco": Case(labelme_given_to_coco, 1, ("a.json", "not a COCO file")),
     "coco_given_to_labelme": Case(coco_given_to_labelme, 1, ("ann.json", "not a LabelMe file")),
     "xml_entity_bomb": Case(xml_entity_bomb, 1, ("annotations.xml", "unsafe XML")),

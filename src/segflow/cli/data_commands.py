@@ -34,7 +34,10 @@ def import_(
     ] = False,
     images: Annotated[
         Path | None,
-        typer.Option(help="Folder holding the images when they are not beside the annotations."),
+        typer.Option(
+            help="Folder holding the images when they are not beside the annotations "
+            "(geojson: may be the image file)."
+        ),
     ] = None,
     crowd: Annotated[
         str, typer.Option(help="COCO iscrowd regions: 'class' or 'ignore'.")
