@@ -50,3 +50,19 @@ def console() -> Any:
     from rich.console import Console
 
     return Console(highlight=False)
+
+
+def quiet_training_logs() -> None:
+    """Keep Lightning's and MLflow's INFO chatter out of the terminal (warnings still show).
+
+    Lightning sets its loggers to INFO when imported, so this imports it first.
+    """
+    import os
+
+    import lightning  # noqa: F401  (sets its log levels on import; we override them next)
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # "Experiment with name segflow not found. Creating it." is routine, not a warning.
+    logging.getLogger("lightning.pytorch.loggers.mlflow").setLevel(logging.ERROR)

@@ -7,13 +7,14 @@ imports its stage inside the function body.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from segflow._version import __version__
-from segflow.cli import data_commands
+from segflow.cli import data_commands, train_commands
 from segflow.cli._common import OneLineHandler, cli_errors, console
 
 app = typer.Typer(
@@ -49,10 +50,10 @@ def main(
     logger = logging.getLogger("segflow")
     logger.handlers[:] = [OneLineHandler()]
     logger.setLevel(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING)
-    logger.propagate = False
 
 
 data_commands.register(app)
+train_commands.register(app)
 
 
 @app.command()
@@ -76,4 +77,7 @@ def quickstart(
 
 def run() -> None:
     """Console-script entry point."""
+    # albumentations asks PyPI for a newer version on every import (and in every worker):
+    # never from a CLI run, which must work offline and fast.
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     app()

@@ -167,22 +167,22 @@ def load_meta(path: Path) -> DatasetMeta:
         raise DataError(path, _format_validation_error(exc)) from None
 
 
-class _FlowList(list[Any]):
+class FlowList(list[Any]):
     """A list written inline by :class:`_Dumper` (``color: [0, 128, 0]``)."""
 
 
 class _Dumper(yaml.SafeDumper):
-    """SafeDumper that writes :class:`_FlowList` in flow style."""
+    """SafeDumper that writes :class:`FlowList` in flow style."""
 
 
 _Dumper.add_representer(
-    _FlowList,
+    FlowList,
     lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True),
 )
 
 
 def dump_yaml(data: Any) -> str:
-    """Block-style YAML, keys in insertion order, Unicode kept, _FlowList inline."""
+    """Block-style YAML, keys in insertion order, Unicode kept, FlowList inline."""
     return yaml.dump(
         data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False
     )
@@ -192,7 +192,7 @@ def dump_meta(meta: DatasetMeta) -> str:
     """YAML text for ``dataset.yaml`` (colours inline)."""
     data = meta.model_dump(mode="json", exclude_none=True)
     for c in data["classes"]:
-        c["color"] = _FlowList(c["color"])
+        c["color"] = FlowList(c["color"])
     return dump_yaml(data)
 
 

@@ -1,0 +1,1 @@
+"""Evaluation: confusion matrices -> per-class scores, evaluator, report data."""

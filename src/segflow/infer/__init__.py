@@ -1,0 +1,1 @@
+"""Inference: tiling maths (pure functions), sliding-window prediction, the Predictor."""

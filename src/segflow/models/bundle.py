@@ -1,0 +1,379 @@
+"""The model bundle: a folder ``NAME.segflow/`` that reproduces predictions on its own.
+
+Layout (see ARCHITECTURE.md)::
+
+    NAME.segflow/
+      bundle.yaml          # BundleMeta below: classes, network, normalisation, tiling, metrics...
+      weights.safetensors  # the state dict; its sha256 is in bundle.yaml
+
+Nothing is ever unpickled: weights are safetensors only, metadata is YAML read with
+``yaml.safe_load``. Saving is atomic: the new bundle is written into a temporary sibling folder and
+renamed into place; an existing bundle is replaced only once the new one is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from segflow._version import __version__
+from segflow.config import PreprocessConfig
+from segflow.data.dataset import ClassInfo, FlowList, dump_yaml, now_iso
+from segflow.errors import ConfigError, DataError, UsageError
+from segflow.models.factory import canonical_arch, create_model
+
+BUNDLE_SUFFIX = ".segflow"
+META_FILE = "bundle.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InferenceSettings(_Strict):
+    """How the bundle predicts large images: tiling, blending, test-time augmentation."""
+
+    tile_size: int = Field(ge=8, description="tile side in pixels")
+    overlap: float = Field(
+        0.25, ge=0, le=0.9, description="share of a tile overlapping its neighbour"
+    )
+    blend: Literal["gaussian", "constant"] = Field(
+        "gaussian", description="weights of overlapping tiles"
+    )
+    tta: list[Literal["h", "v", "hv"]] = Field(
+        default_factory=list, description="flips averaged in"
+    )
+    batch_size: int = Field(4, ge=1, description="tiles per forward pass")
+
+
+class Normalization(_Strict):
+    """``(pixel / scale - mean) / std`` per channel, applied after preprocessing."""
+
+    scale: float = Field(gt=0, description="pixel values are divided by this first (255 for 8-bit)")
+    mean: list[float] = Field(description="per-channel mean after scaling")
+    std: list[float] = Field(description="per-channel standard deviation after scaling")
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if any(s <= 0 for s in value):
+            raise ValueError("every std must be > 0")
+        return value
+
+
+class BundleMeta(_Strict):
+    """Everything ``bundle.yaml`` holds: what the network is and how to feed it."""
+
+    segflow_version: str = Field(__version__, pattern=r"^\d+\.\d+", description="writer's version")
+    name: str = Field(min_length=1, description="bundle name")
+    created_at: str = Field(default_factory=now_iso, description="UTC time of saving, ISO 8601")
+    task: Literal["binary", "multiclass"] = Field(description="binary: one sigmoid output channel")
+    classes: list[ClassInfo] = Field(min_length=2, description="class ids 0..N-1, 0 = background")
+    ignore_index: int = Field(255, ge=0, le=255, description="mask value of unlabelled pixels")
+    arch: str = Field(description="SMP architecture")
+    encoder: str = Field(description="SMP encoder name or tu-<timm name>")
+    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="architecture arguments")
+    in_channels: int = Field(ge=1, description="input image channels")
+    out_channels: int = Field(ge=1, description="1 for binary, else the number of classes")
+    preprocess: dict[str, Any] = Field(
+        default_factory=lambda: PreprocessConfig().model_dump(mode="json"),
+        description="the PreprocessConfig applied before normalisation",
+    )
+    normalization: Normalization
+    input_dtype: str = Field(
+        description="dtype of the images trained on (uint8, uint16, float32...)"
+    )
+    tile_size: int = Field(ge=8, description="training crop size")
+    inference: InferenceSettings
+    threshold: float = Field(0.5, ge=0, le=1, description="binary: foreground probability cut")
+    postprocess: dict[str, Any] = Field(default_factory=dict, description="post-processing steps")
+    metrics: dict[str, float] = Field(default_factory=dict, description="metrics at save time")
+    config: dict[str, Any] = Field(default_factory=dict, description="resolved training config")
+    dataset: dict[str, Any] = Field(default_factory=dict, description="name, fingerprint hash")
+    weights_file: str = Field(
+        "weights.safetensors",
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*\.safetensors$",
+        description="weights file inside the bundle folder",
+    )
+    weights_sha256: str = Field("", pattern=r"^([0-9a-f]{64})?$", description="set by save_bundle")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str) -> str:
+        try:
+            return canonical_arch(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("input_dtype")
+    @classmethod
+    def _dtype(cls, value: str) -> str:
+        try:
+            return np.dtype(value).name
+        except TypeError:
+            raise ValueError(f"{value!r} is not a numpy dtype name") from None
+
+    @field_validator("preprocess")
+    @classmethod
+    def _preprocess(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return PreprocessConfig.model_validate(value).model_dump(mode="json")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BundleMeta:
+        ids = [c.id for c in self.classes]
+        if ids != list(range(len(ids))):
+            raise ValueError(f"class ids must be 0..{len(ids) - 1} in order, got {ids}")
+        expected = 1 if self.task == "binary" else len(self.classes)
+        if self.task == "binary" and len(self.classes) != 2:
+            raise ValueError(
+                f"a binary bundle has 2 classes (background, foreground), got {len(ids)}"
+            )
+        if self.out_channels != expected:
+            raise ValueError(
+                f"out_channels is {self.out_channels}; a {self.task} task needs {expected}"
+            )
+        norm = self.normalization
+        if len(norm.mean) != self.in_channels or len(norm.std) != self.in_channels:
+            raise ValueError(
+                f"normalization mean/std need {self.in_channels} values (in_channels), "
+                f"got {len(norm.mean)} and {len(norm.std)}"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class LoadedBundle:
+    """A bundle in memory: the network in eval mode, its metadata and where it came from."""
+
+    model: torch.nn.Module
+    meta: BundleMeta
+    path: Path
+
+
+def _validation_message(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "top level"
+    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _dump_meta(meta: BundleMeta) -> str:
+    data = meta.model_dump(mode="json")
+    for c in data["classes"]:
+        c["color"] = FlowList(c["color"])
+    for key in ("mean", "std"):
+        data["normalization"][key] = FlowList(data["normalization"][key])
+    data["inference"]["tta"] = FlowList(data["inference"]["tta"])
+    return "# segflow model bundle: load with segflow.models.bundle.load_bundle\n" + dump_yaml(data)
+
+
+def _tensors_for_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict on the CPU, contiguous, each tensor owning its memory (safetensors' rule)."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, value in model.state_dict().items():
+        tensor = value.detach().to("cpu")
+        storage = tensor.untyped_storage()
+        whole = storage.nbytes() == tensor.numel() * tensor.element_size()
+        if storage.data_ptr() in seen or not whole or not tensor.is_contiguous():
+            tensor = tensor.clone(memory_format=torch.contiguous_format)
+        else:
+            seen.add(storage.data_ptr())
+        out[key] = tensor
+    return out
+
+
+def _check_model_matches(path: Path, model: torch.nn.Module, meta: BundleMeta) -> None:
+    """Refuse to write a bundle whose metadata describes another network (SMP records its args)."""
+    config = getattr(model, "_hub_mixin_config", None)
+    if not isinstance(config, dict):
+        return
+    pairs = [
+        ("arch", type(model).__name__, meta.arch),
+        ("encoder", config.get("encoder_name"), meta.encoder),
+        ("in_channels", config.get("in_channels"), meta.in_channels),
+        ("out_channels", config.get("classes"), meta.out_channels),
+    ]
+    for field, actual, declared in pairs:
+        if isinstance(actual, str) and isinstance(declared, str):
+            actual, declared = actual.lower(), declared.lower()  # names are case-insensitive
+        if actual is not None and actual != declared:
+            raise UsageError(f"{path}: meta.{field} is {declared!r} but the model has {actual!r}")
+
+
+def save_bundle(path: str | os.PathLike[str], model: torch.nn.Module, meta: BundleMeta) -> Path:
+    """Write ``model`` and ``meta`` as the bundle folder ``path`` (must end with ``.segflow``).
+
+    The folder is written next to ``path`` under a temporary name and renamed into place; an
+    existing bundle is replaced only after the new one is complete. ``meta.weights_sha256`` is
+    computed here.
+
+    Returns:
+        The bundle folder.
+    """
+    path = Path(path)
+    if path.suffix != BUNDLE_SUFFIX or path.name == BUNDLE_SUFFIX:
+        raise UsageError(
+            f"{path}: a bundle folder name must end with {BUNDLE_SUFFIX} (NAME.segflow)"
+        )
+    if path.exists() and not (path.is_dir() and (path / META_FILE).is_file()):
+        raise UsageError(f"{path}: exists and is not a segflow bundle; refusing to replace it")
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise UsageError(f"{path}: parent folder {parent} does not exist")
+    _check_model_matches(path, model, meta)
+    from safetensors.torch import save_file
+
+    tmp = parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        weights = tmp / meta.weights_file
+        save_file(_tensors_for_save(model), weights, metadata={"format": "pt"})
+        data = {**meta.model_dump(mode="json"), "weights_sha256": _sha256(weights)}
+        try:
+            final = BundleMeta.model_validate(data)
+        except ValidationError as exc:
+            raise UsageError(
+                f"{path}: invalid bundle metadata: {_validation_message(exc)}"
+            ) from None
+        (tmp / META_FILE).write_text(_dump_meta(final), encoding="utf-8")
+        if path.exists():
+            old = parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+            path.rename(old)
+            try:
+                tmp.rename(path)
+            except BaseException:
+                old.rename(path)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _bundle_folder(path: str | os.PathLike[str]) -> Path:
+    folder = Path(path)
+    if folder.name == META_FILE and folder.is_file():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DataError(
+            folder, "no such bundle folder (expected NAME.segflow/ holding bundle.yaml)"
+        )
+    return folder
+
+
+def read_bundle_meta(path: str | os.PathLike[str]) -> BundleMeta:
+    """Read and validate ``bundle.yaml`` without touching the weights.
+
+    Raises:
+        DataError: naming ``bundle.yaml``: missing, not YAML, a schema problem (with the field),
+            or written by another major version of segflow.
+    """
+    meta_path = _bundle_folder(path) / META_FILE
+    if not meta_path.is_file():
+        raise DataError(meta_path, "missing: is this a segflow bundle?")
+    try:
+        raw = yaml.safe_load(meta_path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise DataError(meta_path, f"not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise DataError(meta_path, "expected a mapping (segflow_version, classes, arch, ...)")
+    version = str(raw.get("segflow_version", ""))
+    match = re.match(r"^(\d+)\.", version)
+    ours = __version__.split(".")[0]
+    if match is not None and match.group(1) != ours:
+        raise DataError(
+            meta_path,
+            f"written by segflow {version}; this segflow {__version__} reads major version {ours} "
+            "bundles: use a matching segflow",
+        )
+    try:
+        return BundleMeta.model_validate(raw)
+    except ValidationError as exc:
+        raise DataError(meta_path, _validation_message(exc)) from None
+
+
+def read_bundle_weights(path: str | os.PathLike[str], meta: BundleMeta) -> dict[str, torch.Tensor]:
+    """The bundle's state dict (CPU), after checking it against ``meta.weights_sha256``."""
+    folder = _bundle_folder(path)
+    weights = folder / meta.weights_file
+    if not meta.weights_sha256:
+        raise DataError(
+            folder / META_FILE, "weights_sha256 is empty: save bundles with save_bundle"
+        )
+    if not weights.is_file():
+        raise DataError(weights, "missing: the bundle is incomplete")
+    if _sha256(weights) != meta.weights_sha256:
+        raise DataError(
+            weights, f"{meta.weights_file} does not match bundle.yaml (corrupted or edited)"
+        )
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(weights, device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DataError(
+            weights, f"not a valid safetensors file ({str(exc).splitlines()[0]})"
+        ) from None
+
+
+def load_bundle(
+    path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+) -> LoadedBundle:
+    """Load a bundle: validated metadata, verified weights, the network in eval mode on ``device``.
+
+    Raises:
+        DataError: naming the broken file (bundle.yaml or the weights).
+    """
+    folder = _bundle_folder(path)
+    meta = read_bundle_meta(folder)
+    state = read_bundle_weights(folder, meta)
+    try:
+        model = create_model(
+            meta.arch,
+            meta.encoder,
+            in_channels=meta.in_channels,
+            classes=meta.out_channels,
+            encoder_weights=None,
+            **meta.model_kwargs,
+        )
+    except ConfigError as exc:
+        raise DataError(folder / META_FILE, f"cannot build the network: {exc}") from None
+    try:
+        model.load_state_dict(dict(state), strict=True)
+    except RuntimeError:
+        own = model.state_dict()
+        problems = [f"missing {k!r}" for k in own if k not in state]
+        problems += [f"unexpected {k!r}" for k in state if k not in own]
+        problems += [
+            f"{k!r} has another shape" for k in state if k in own and own[k].shape != state[k].shape
+        ]
+        detail = problems[0] if problems else "see load_state_dict"
+        raise DataError(
+            folder / meta.weights_file, f"weights do not fit {meta.arch}/{meta.encoder} ({detail})"
+        ) from None
+    model.to(device).eval()
+    return LoadedBundle(model=model, meta=meta, path=folder)

@@ -1,0 +1,276 @@
+"""Training callbacks: the best bundle, metric history and curves, prediction overlays.
+
+Everything that writes files runs on global rank 0 only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from segflow.data.dataset import atomic_write_text
+
+if TYPE_CHECKING:
+    from segflow.models.bundle import BundleMeta
+    from segflow.train.task import SegmentationTask
+
+log = logging.getLogger("segflow.train")
+
+ArtifactSink = Callable[[Path, str | None], None]  # (local path, artifact folder) -> None
+
+
+def _metrics(trainer: L.Trainer) -> dict[str, float]:
+    out = {}
+    for key, value in trainer.callback_metrics.items():
+        v = float(value.item() if isinstance(value, torch.Tensor) else value)
+        out[key] = v
+    return out
+
+
+class BestBundle(L.Callback):
+    """Writes ``best.segflow`` whenever the monitored metric improves (atomically).
+
+    The best model thus survives a killed run. When nothing was validated, the bundle holds the
+    last weights.
+
+    Args:
+        path: the bundle folder (``.../best.segflow``).
+        make_meta: builds the BundleMeta from the current metrics.
+        monitor: metric key, e.g. ``val/mIoU``.
+        mode: ``max`` or ``min``.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        make_meta: Callable[[dict[str, float]], BundleMeta],
+        monitor: str,
+        mode: str,
+    ) -> None:
+        self.path = path
+        self.make_meta = make_meta
+        self.monitor = monitor
+        self.mode = mode
+        self.best: float | None = None
+        self.best_epoch = -1
+
+    def _better(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def _save(self, pl_module: L.LightningModule, metrics: dict[str, float]) -> None:
+        from segflow.models.bundle import save_bundle
+
+        task: SegmentationTask = pl_module  # type: ignore[assignment]
+        save_bundle(self.path, task.model, self.make_meta(metrics))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Save the bundle when the monitored metric improved."""
+        if trainer.sanity_checking:
+            return
+        metrics = _metrics(trainer)
+        if self.monitor not in metrics:
+            raise KeyError(
+                f"train.monitor {self.monitor!r} is not a logged metric; logged: {', '.join(sorted(metrics))}"
+            )
+        value = metrics[self.monitor]
+        if self._better(value):
+            self.best, self.best_epoch = value, trainer.current_epoch
+            if trainer.is_global_zero:
+                self._save(pl_module, metrics)
+                log.info(
+                    "epoch %d: %s = %.4f, saved %s",
+                    trainer.current_epoch,
+                    self.monitor,
+                    value,
+                    self.path,
+                )
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Without any validation, the bundle holds the final weights."""
+        if trainer.is_global_zero and not (self.path / "bundle.yaml").is_file():
+            self._save(pl_module, _metrics(trainer))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Best score so far (restored on resume)."""
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the best score after a resume."""
+        self.best = state_dict.get("best")
+        self.best_epoch = int(state_dict.get("best_epoch", -1))
+
+
+class History(L.Callback):
+    """Per-epoch metrics in ``history.csv`` and loss/metric curves in ``curves.png``.
+
+    Args:
+        run_dir: the run folder.
+        sink: optional function publishing a file as an artefact (MLflow).
+    """
+
+    def __init__(self, run_dir: Path, sink: ArtifactSink | None = None) -> None:
+        self.run_dir = run_dir
+        self.sink = sink
+        self.rows: list[dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Record the epoch's metrics and redraw the curves."""
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        row = {"epoch": float(trainer.current_epoch), "step": float(trainer.global_step)}
+        row.update({k: v for k, v in _metrics(trainer).items() if not k.endswith("_step")})
+        lrs = [g["lr"] for opt in trainer.optimizers for g in opt.param_groups]
+        if lrs:
+            row["lr"] = float(lrs[0])
+        self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
+        self._write()
+
+    def _write(self) -> None:
+        keys = sorted(
+            {k for r in self.rows for k in r}, key=lambda k: (k not in ("epoch", "step"), k)
+        )
+        lines = [",".join(keys)] + [
+            ",".join("" if k not in r else f"{r[k]:.6g}" for k in keys) for r in self.rows
+        ]
+        atomic_write_text(self.run_dir / "history.csv", "\n".join(lines) + "\n")
+        self._plot(self.run_dir / "curves.png")
+
+    def _plot(self, out: Path) -> None:
+        from segflow.report._html import new_figure
+
+        fig = new_figure(9.0, 3.2)
+        ax_loss, ax_metric, ax_lr = fig.subplots(1, 3)
+        epochs = [r["epoch"] for r in self.rows]
+        for key, ax in (("train/loss_epoch", ax_loss), ("val/loss", ax_loss), ("val/mIoU", ax_metric),
+                        ("val/mDice", ax_metric), ("val/mIoU_fg", ax_metric), ("lr", ax_lr)):  # fmt: skip
+            ys = [r.get(key, math.nan) for r in self.rows]
+            if any(not math.isnan(y) for y in ys):
+                ax.plot(epochs, ys, marker="o", markersize=3, label=key.replace("_epoch", ""))
+        for ax, title in ((ax_loss, "loss"), (ax_metric, "validation"), (ax_lr, "learning rate")):
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("epoch")
+            if ax.lines:
+                ax.legend(fontsize=7)
+        tmp = out.with_name(f".{out.name}.tmp.png")
+        fig.savefig(tmp)
+        tmp.replace(out)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Publish the history and curves."""
+        if trainer.is_global_zero and self.sink is not None and self.rows:
+            self.sink(self.run_dir / "curves.png", None)
+            self.sink(self.run_dir / "history.csv", None)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rows so far (a resumed run keeps its curves)."""
+        return {"rows": json.dumps(self.rows)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the rows."""
+        self.rows = json.loads(state_dict.get("rows", "[]"))
+
+
+class Overlays(L.Callback):
+    """Every ``every`` epochs, a sheet of validation images: image | truth | prediction overlays.
+
+    Args:
+        run_dir: the run folder (sheets go to ``images/``).
+        classes: the dataset's classes (colours).
+        mean: normalisation mean (to show the image as it was).
+        std: normalisation std.
+        every: epochs between sheets.
+        sink: optional artefact publisher.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        classes: list[Any],
+        mean: list[float],
+        std: list[float],
+        every: int,
+        sink: ArtifactSink | None = None,
+    ) -> None:
+        self.dir = run_dir / "images"
+        self.classes = classes
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+        self.every = every
+        self.sink = sink
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Draw the sheet for this epoch when due."""
+        epoch = trainer.current_epoch
+        last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
+        if (
+            trainer.sanity_checking
+            or not trainer.is_global_zero
+            or not (epoch % self.every == 0 or last)
+        ):
+            return
+        captured = getattr(pl_module, "captured", [])
+        if not captured:
+            return
+        from segflow.data.visual import encode_jpeg, overlay
+
+        rows = []
+        for item in captured:
+            image = item["image"].numpy().transpose(1, 2, 0) * self.std + self.mean
+            image = np.clip(image * 255.0, 0, 255).astype(np.uint8)
+            if image.shape[2] not in (1, 3):
+                image = image[:, :, :3] if image.shape[2] > 3 else image[:, :, :1]
+            truth = item["mask"].numpy().astype(np.uint8)
+            pred = item["pred"].numpy().astype(np.uint8)
+            h = min(image.shape[0], 256)
+            scale = h / image.shape[0]
+            panels = [overlay(image, truth, self.classes), overlay(image, pred, self.classes)]
+            import cv2
+
+            size = (max(1, round(image.shape[1] * scale)), h)
+            row = [
+                cv2.resize(
+                    overlay(image, np.zeros_like(truth), self.classes),
+                    size,
+                    interpolation=cv2.INTER_AREA,
+                )
+            ]
+            row += [cv2.resize(p, size, interpolation=cv2.INTER_NEAREST) for p in panels]
+            rows.append(np.concatenate(row, axis=1))
+        width = max(r.shape[1] for r in rows)
+        sheet = np.concatenate(
+            [
+                np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255)
+                for r in rows
+            ]
+        )
+        self.dir.mkdir(exist_ok=True)
+        out = self.dir / f"epoch_{epoch:03d}.jpg"
+        out.write_bytes(encode_jpeg(sheet))
+        if self.sink is not None:
+            self.sink(out, "images")
+
+
+def write_rows_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write dict rows as CSV (header = union of keys, first-seen order)."""
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)

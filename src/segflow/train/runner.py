@@ -1,0 +1,580 @@
+"""``segflow train``: from a config and a dataset to a run folder with the best model bundle.
+
+Run folder (``runs/NAME/``)::
+
+    config.yaml        the resolved config (defaults < file < --set)
+    run.json           state: dataset, fold, MLflow run id, status, best metric
+    data_stats.json    channel statistics and class pixels of the training images
+    logs/attemptN/     every logged value per (re)start (Lightning CSV logger: metrics.csv)
+    history.csv        one row per epoch;  curves.png  the same as plots
+    images/            validation overlays every few epochs
+    checkpoints/       resumable checkpoints (epoch end, and every N steps)
+    best.segflow/      the best model bundle (bundle.yaml + weights.safetensors)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import re
+import statistics
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from segflow._parallel import parallel_map
+from segflow._version import __version__
+from segflow.config import SegflowConfig, config_to_dict, load_config
+from segflow.data import image_io
+from segflow.data.dataset import CanonicalDataset, atomic_write_text, dump_yaml, now_iso
+from segflow.errors import ConfigError, DataError, UsageError
+
+log = logging.getLogger("segflow.train")
+
+#: Environment variable carrying the run name to the processes a DDP launch starts.
+RUN_NAME_ENV = "SEGFLOW_RUN_NAME"
+#: Images looked at to decide channel count and dtype before the statistics pass.
+PEEK_IMAGES = 16
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    run_dir: Path
+    bundle: Path
+    monitor: str
+    best: float | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    epochs: int = 0
+
+
+@dataclass
+class FoldsResult:
+    """Every fold of a k-fold run and the mean +- sd of the monitored metric."""
+
+    run_dir: Path
+    folds: list[TrainResult]
+    monitor: str
+    mean: float
+    sd: float
+
+
+@dataclass
+class DataStats:
+    """Statistics of the preprocessed training images (what normalisation and weights need)."""
+
+    channels: int
+    dtype: str
+    raw_mean: list[float]
+    raw_std: list[float]
+    class_pixels: list[int]
+    images: int
+
+    def digest(self) -> str:
+        """A short hash identifying these statistics (logged as the dataset fingerprint)."""
+        text = json.dumps(self.__dict__, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------
+# Data: stems, statistics
+
+
+def resolve_stems(
+    dataset: CanonicalDataset, fold: int | None, seed: int
+) -> dict[str, Sequence[str]]:
+    """Train/val/test stems from ``splits.csv`` (written with a random 80/20 split if missing)."""
+    splits = dataset.splits()
+    if not splits:
+        from segflow.data.splits import make_splits
+
+        make_splits(dataset.root, val=0.2, test=0.0, seed=seed)
+        log.warning(
+            "%s has no splits.csv: wrote a random 80/20 train/val split (run `segflow split` for "
+            "groups, strata or a test set)",
+            dataset.root,
+        )
+        splits = dataset.splits()
+    labelled = {s.stem for s in dataset.labelled_samples()}
+    rows = [r for r in splits.values() if r.stem in labelled]
+    if fold is not None:
+        folds = sorted({r.fold for r in rows if r.fold is not None})
+        if fold not in folds:
+            raise UsageError(
+                f"{dataset.root / 'splits.csv'}: no fold {fold} (folds: {folds or 'none'}; "
+                "run `segflow split --folds K`)"
+            )
+        stems: dict[str, Sequence[str]] = {
+            "train": [r.stem for r in rows if r.fold is not None and r.fold != fold],
+            "val": [r.stem for r in rows if r.fold == fold],
+            "test": [r.stem for r in rows if r.split == "test"],
+        }
+    else:
+        stems = {
+            part: [r.stem for r in rows if r.split == part] for part in ("train", "val", "test")
+        }
+    if not stems["train"]:
+        raise DataError(dataset.root / "splits.csv", "no training images (split 'train' is empty)")
+    return stems
+
+
+def _peek(dataset: CanonicalDataset, stems: Sequence[str]) -> tuple[int, str]:
+    """Majority channel count and dtype of a few training images."""
+    by_stem = {s.stem: s for s in dataset.samples()}
+    picks = [by_stem[s] for s in stems[:PEEK_IMAGES] if s in by_stem]
+    infos = [image_io.verify_image(s.image) for s in picks]
+    channels = Counter(i[2] for i in infos).most_common(1)[0][0]
+    dtype = Counter(i[3] for i in infos).most_common(1)[0][0]
+    return int(channels), str(dtype)
+
+
+@dataclass
+class _StatsJob:
+    image: Path
+    mask: Path
+    preprocess: dict[str, Any]
+    channels: int
+    scale: float
+
+
+def _stats_job(job: _StatsJob) -> tuple[list[float], list[float], int, list[int]]:
+    from segflow.config import PreprocessConfig
+    from segflow.data.transforms import Normalization, Preprocessor
+
+    norm = Normalization(scale=job.scale, mean=[0.0] * job.channels, std=[1.0] * job.channels)
+    pre = Preprocessor(PreprocessConfig.model_validate(job.preprocess), job.channels, norm)
+    image, geom = pre.image(image_io.read_image(job.image))
+    mask = pre.mask(image_io.read_mask(job.mask), geom)
+    flat = image.reshape(-1, image.shape[2]).astype(np.float64)
+    counts = image_io.class_histogram(np.ascontiguousarray(mask))
+    return flat.sum(0).tolist(), np.square(flat).sum(0).tolist(), flat.shape[0], counts.tolist()
+
+
+def data_stats(
+    dataset: CanonicalDataset, stems: Sequence[str], cfg: SegflowConfig, *, progress: bool
+) -> DataStats:
+    """Channel mean/std (after preprocessing, in raw units) and class pixels of ``stems``."""
+    channels, dtype = _peek(dataset, stems)
+    scale = {"uint8": 255.0, "uint16": 65535.0}.get(dtype, 1.0)
+    masks = {s.stem: (s.image, s.mask) for s in dataset.labelled_samples() if s.mask is not None}
+    preprocess = cfg.data.preprocess.model_dump(mode="json")
+    jobs = [_StatsJob(masks[s][0], masks[s][1], preprocess, channels, scale) for s in stems]
+    sums = np.zeros(channels)
+    sq = np.zeros(channels)
+    n = 0
+    pixels = np.zeros(256, dtype=np.int64)
+    for s, q, count, hist in parallel_map(_stats_job, jobs, progress=progress, label="statistics"):
+        sums += s
+        sq += q
+        n += count
+        pixels += np.asarray(hist, dtype=np.int64)
+    mean = sums / max(n, 1)
+    std = np.sqrt(np.maximum(sq / max(n, 1) - mean**2, 1e-12))
+    return DataStats(
+        channels=channels,
+        dtype=dtype,
+        raw_mean=(mean * scale).tolist(),
+        raw_std=(std * scale).tolist(),
+        class_pixels=pixels[: dataset.meta.num_classes].tolist(),
+        images=len(stems),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Run folders
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
+
+
+def find_run(resume: str | os.PathLike[str], output: Path) -> Path:
+    """A run folder given as a path or as a name under ``output``."""
+    for candidate in (Path(resume), output / str(resume)):
+        if (candidate / "config.yaml").is_file() and (candidate / "run.json").is_file():
+            return candidate
+    raise UsageError(
+        f"{resume}: not a segflow run folder (no config.yaml/run.json), looked in {output}"
+    )
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The most recent resumable checkpoint of a run."""
+    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return ckpts[-1] if ckpts else None
+
+
+def _precision(setting: str) -> str:
+    if setting != "auto":
+        return setting if setting != "32" else "32-true"
+    import torch
+
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+# ------------------------------------------------------------------------------------------------
+# Training
+
+
+def train(
+    config: str | os.PathLike[str] | None = None,
+    *,
+    data: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    resume: str | os.PathLike[str] | None = None,
+    fold: int | None = None,
+    folds: str | None = None,
+    tracking_uri: str | None = None,
+    name: str | None = None,
+    progress: bool = False,
+) -> TrainResult | FoldsResult:
+    """Train a model; see the module docstring for what the run folder holds.
+
+    Args:
+        config: a YAML config file (defaults when None).
+        data: the dataset folder (overrides ``data.dataset``).
+        overrides: ``KEY=VALUE`` strings, applied last.
+        resume: a run folder (or name) to continue from its latest checkpoint.
+        fold: train with this fold of ``splits.csv`` as validation.
+        folds: ``"all"`` trains every fold in turn and reports mean +- sd.
+        tracking_uri: MLflow tracking URI (overrides ``tracking.uri``).
+        name: run name (overrides ``train.name``).
+        progress: show progress bars.
+    """
+    if resume is not None:
+        return _resume(resume, overrides=overrides, tracking_uri=tracking_uri, progress=progress)
+    cfg = load_config(config, overrides)
+    updates: dict[str, Any] = {}
+    if data is not None:
+        updates["dataset"] = Path(data)
+    if fold is not None:
+        updates["fold"] = fold
+    if updates:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=updates)})
+    if cfg.data.dataset is None:
+        raise UsageError("no dataset: pass --data DATASET or set data.dataset in the config")
+    if tracking_uri is not None:
+        cfg.tracking.uri = tracking_uri
+    run_name = name or cfg.train.name or os.environ.get(RUN_NAME_ENV) or _default_name(cfg)
+    if folds is not None:
+        return _train_folds(cfg, run_name, folds, progress=progress)
+    run_dir = cfg.train.output / run_name
+    if (run_dir / "run.json").exists() and os.environ.get(RUN_NAME_ENV) != run_name:
+        raise UsageError(f"{run_dir}: run already exists; choose another --name or --resume it")
+    return _fit(cfg, run_dir, run_name, progress=progress)
+
+
+def _default_name(cfg: SegflowConfig) -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    dataset = cfg.data.dataset.resolve().name if cfg.data.dataset else "data"
+    return _slug(f"{dataset}-{cfg.model.arch}-{cfg.model.encoder}-{stamp}")
+
+
+def _train_folds(cfg: SegflowConfig, run_name: str, folds: str, *, progress: bool) -> FoldsResult:
+    if folds != "all":
+        raise UsageError(f"--folds {folds!r}: only 'all' is supported (use --fold K for one fold)")
+    dataset = CanonicalDataset(cfg.data.dataset or ".")
+    found = sorted({r.fold for r in dataset.splits().values() if r.fold is not None})
+    if not found:
+        raise UsageError(
+            f"{dataset.root / 'splits.csv'}: no folds; run `segflow split --folds K` first"
+        )
+    root = cfg.train.output / run_name
+    results = []
+    for k in found:
+        fold_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"fold": k})})
+        results.append(_fit(fold_cfg, root / f"fold{k}", f"{run_name}-fold{k}", progress=progress))
+    values = [r.best for r in results if r.best is not None]
+    mean = statistics.fmean(values) if values else float("nan")
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    summary = {
+        "monitor": cfg.train.monitor,
+        "folds": {f"fold{k}": r.best for k, r in zip(found, results, strict=True)},
+        "mean": mean,
+        "sd": sd,
+    }
+    atomic_write_text(root / "folds.json", json.dumps(summary, indent=2))
+    return FoldsResult(root, results, cfg.train.monitor, mean, sd)
+
+
+def _resume(
+    resume: str | os.PathLike[str],
+    *,
+    overrides: Sequence[str],
+    tracking_uri: str | None,
+    progress: bool,
+) -> TrainResult:
+    run_dir = find_run(resume, Path("runs"))
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    if tracking_uri is not None:
+        cfg.tracking.uri = tracking_uri
+    state = json.loads((run_dir / "run.json").read_text())
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        log.warning("%s has no checkpoint yet: starting it again from the beginning", run_dir)
+    return _fit(
+        cfg, run_dir, state.get("name", run_dir.name), progress=progress, ckpt=ckpt, state=state
+    )
+
+
+def _fit(
+    cfg: SegflowConfig,
+    run_dir: Path,
+    run_name: str,
+    *,
+    progress: bool,
+    ckpt: Path | None = None,
+    state: dict[str, Any] | None = None,
+) -> TrainResult:
+    import lightning as L
+
+    from segflow.data.transforms import Preprocessor, resolve_normalization
+    from segflow.train.callbacks import BestBundle, History, Overlays
+    from segflow.train.data import SegmentationData
+    from segflow.train.losses import auto_class_weights
+    from segflow.train.task import SegmentationTask
+    from segflow.train.tracking import git_sha, start_tracking
+
+    dataset = CanonicalDataset(cfg.data.dataset or ".")
+    meta = dataset.meta
+    task_kind: Literal["binary", "multiclass"] = "binary" if meta.num_classes == 2 else "multiclass"
+    stems = resolve_stems(dataset, cfg.data.fold, cfg.train.seed)
+    if not stems["val"]:
+        log.warning("no validation images: the last epoch's weights become the bundle")
+    rank_zero = (
+        int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    stats_file = run_dir / "data_stats.json"
+    if stats_file.is_file():
+        stats = DataStats(**json.loads(stats_file.read_text()))
+    else:
+        stats = data_stats(dataset, stems["train"], cfg, progress=progress and rank_zero)
+        if rank_zero:
+            atomic_write_text(stats_file, json.dumps(stats.__dict__, indent=2))
+    pretrained = cfg.model.encoder_weights is not None or cfg.model.init_from is not None
+    normalization = resolve_normalization(
+        cfg.data.preprocess,
+        dtype=stats.dtype,
+        channels=stats.channels,
+        raw_mean=stats.raw_mean,
+        raw_std=stats.raw_std,
+        pretrained=pretrained,
+    )
+    preprocessor = Preprocessor(cfg.data.preprocess, stats.channels, normalization)
+    weights = cfg.loss.class_weights
+    class_weights: list[float] | None
+    if weights == "auto":
+        class_weights = auto_class_weights(stats.class_pixels)
+    elif isinstance(weights, list):
+        if len(weights) != meta.num_classes:
+            raise ConfigError(
+                f"loss.class_weights has {len(weights)} values for {meta.num_classes} classes"
+            )
+        class_weights = [float(w) for w in weights]
+    else:
+        class_weights = None
+
+    resolved = config_to_dict(cfg)
+    resolved["data"]["dataset"] = str(Path(cfg.data.dataset or ".").resolve())
+    if rank_zero:
+        atomic_write_text(run_dir / "config.yaml", dump_yaml(resolved))
+
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    task = SegmentationTask(
+        resolved,
+        meta.class_names,
+        task_kind,
+        stats.channels,
+        class_weights=class_weights,
+        ignore_index=meta.ignore_index,
+        pretrained=ckpt is None,
+    )
+    for message in task.init_messages:
+        log.warning(message)
+    datamodule = SegmentationData(dataset, stems, preprocessor, cfg)
+
+    tags = {"segflow.version": __version__, "dataset": meta.name, "dataset.fingerprint": stats.digest(),
+            "task": task_kind}  # fmt: skip
+    sha = git_sha()
+    if sha:
+        tags["git.sha"] = sha
+    if cfg.data.fold is not None:
+        tags["fold"] = str(cfg.data.fold)
+    tracking = start_tracking(
+        cfg.tracking,
+        output=cfg.train.output,
+        run_name=run_name,
+        params=resolved,
+        tags=tags,
+        run_id=(state or {}).get("mlflow_run_id"),
+    ) if rank_zero else None  # fmt: skip
+    sink = tracking.log_artifact if tracking else None
+
+    def make_meta(metrics: dict[str, float]) -> Any:
+        from segflow.models.bundle import BundleMeta, InferenceSettings
+
+        return BundleMeta(
+            segflow_version=__version__,
+            name=run_name,
+            created_at=now_iso(),
+            task=task_kind,
+            classes=meta.classes,
+            ignore_index=meta.ignore_index,
+            arch=cfg.model.arch,
+            encoder=cfg.model.encoder,
+            model_kwargs=cfg.model.kwargs,
+            in_channels=stats.channels,
+            out_channels=task.out_channels,
+            preprocess=cfg.data.preprocess.model_dump(mode="json"),
+            normalization=normalization.model_dump(),
+            input_dtype=stats.dtype,
+            tile_size=cfg.data.tile_size,
+            inference=InferenceSettings(tile_size=cfg.data.tile_size),
+            threshold=task.threshold,
+            metrics={
+                k: v for k, v in metrics.items() if not (isinstance(v, float) and np.isnan(v))
+            },
+            config=resolved,
+            dataset={
+                "name": meta.name,
+                "path": resolved["data"]["dataset"],
+                "fingerprint": stats.digest(),
+            },
+        )
+
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    t = cfg.train
+    callbacks: list[Any] = [
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch-end", save_top_k=1,
+                        every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False),
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step", save_top_k=1,
+                        every_n_train_steps=t.checkpoint_every_steps, enable_version_counter=False),
+        BestBundle(run_dir / "best.segflow", make_meta, t.monitor if stems["val"] else "train/loss_epoch",
+                   t.monitor_mode if stems["val"] else "min"),
+        History(run_dir, sink),
+        Overlays(run_dir, meta.classes, normalization.mean, normalization.std,
+                 cfg.tracking.images_every, sink),
+        LearningRateMonitor(logging_interval="epoch"),
+    ]  # fmt: skip
+    if t.early_stopping and stems["val"]:
+        callbacks.append(
+            EarlyStopping(monitor=t.monitor, mode=t.monitor_mode, patience=t.early_stopping)
+        )
+    if progress:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar(leave=True))
+    attempt = len(list((run_dir / "logs").glob("attempt*"))) if (run_dir / "logs").is_dir() else 0
+    loggers: list[Any] = [CSVLogger(run_dir, name="logs", version=f"attempt{attempt}")]
+    if tracking is not None:
+        loggers.append(tracking.logger)
+
+    trainer = L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=t.epochs,
+        max_steps=t.max_steps,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=_precision(t.precision),  # type: ignore[arg-type]
+        accumulate_grad_batches=t.grad_accumulation,
+        gradient_clip_val=t.grad_clip or None,
+        check_val_every_n_epoch=t.val_every,
+        log_every_n_steps=t.log_every_steps,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches if stems["val"] else 0,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        logger=loggers,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+    )
+    if rank_zero:
+        os.environ[RUN_NAME_ENV] = run_name  # processes started by a DDP launch join this run
+        _write_state(run_dir, run_name, cfg, tracking, status="running")
+    with warnings.catch_warnings():
+        # Lightning's hint that few loader workers may bottleneck: deliberate on small machines
+        # (and num_workers=0 in tests); the train_overhead benchmark measures the real cost.
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+        warnings.filterwarnings(
+            "ignore",
+            message=r".*number of training batches .* is smaller than the logging interval.*",
+        )
+        # Lightning 2.6 calls a torch.utils._pytree API that torch 2.14 deprecates; not ours.
+        warnings.filterwarnings(
+            "ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*"
+        )
+        try:
+            trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+        except BaseException:
+            if tracking is not None:
+                tracking.finish("FAILED")
+            if rank_zero:
+                _write_state(run_dir, run_name, cfg, tracking, status="failed")
+            raise
+    best_cb = next(c for c in callbacks if isinstance(c, BestBundle))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if rank_zero:
+        _write_state(run_dir, run_name, cfg, tracking, status="finished", best=best_cb.best,
+                     epochs=trainer.current_epoch)  # fmt: skip
+        if tracking is not None:
+            tracking.log_artifact(run_dir / "config.yaml", None)
+            tracking.log_artifact(run_dir / "best.segflow", "model")
+            tracking.finish()
+    return TrainResult(
+        run_dir,
+        run_dir / "best.segflow",
+        best_cb.monitor,
+        best_cb.best,
+        metrics,
+        trainer.current_epoch,
+    )
+
+
+def _write_state(
+    run_dir: Path,
+    run_name: str,
+    cfg: SegflowConfig,
+    tracking: Any,
+    *,
+    status: str,
+    best: float | None = None,
+    epochs: int | None = None,
+) -> None:
+    path = run_dir / "run.json"
+    state = json.loads(path.read_text()) if path.is_file() else {}
+    state.update(
+        {
+            "name": run_name,
+            "status": status,
+            "updated_at": now_iso(),
+            "dataset": str(Path(cfg.data.dataset or ".").resolve()),
+            "fold": cfg.data.fold,
+            "monitor": cfg.train.monitor,
+            "segflow_version": __version__,
+        }
+    )
+    if tracking is not None:
+        state["mlflow_run_id"] = tracking.run_id
+        state["mlflow_uri"] = tracking.uri
+    if best is not None:
+        state["best"] = best
+    if epochs is not None:
+        state["epochs"] = epochs
+    atomic_write_text(path, json.dumps(state, indent=2))

@@ -1,0 +1,223 @@
+"""The LightningModule: thin, one shared step for train/val/test, plots live in callbacks."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from segflow.config import SegflowConfig
+from segflow.evaluate.metrics import summary
+from segflow.infer.sliding import sliding_window
+
+log = logging.getLogger("segflow.train")
+
+Task = Literal["binary", "multiclass"]
+Stage = Literal["train", "val", "test"]
+
+
+class SegmentationTask(L.LightningModule):
+    """A segmentation model, its losses, metrics and optimiser, built from a SegflowConfig.
+
+    Args:
+        config: the resolved config as plain data (stored in the checkpoint's hyperparameters).
+        class_names: class names in id order (class 0 is background).
+        task: ``binary`` (one logit, sigmoid, threshold) or ``multiclass`` (softmax).
+        in_channels: image channels fed to the network.
+        class_weights: per-class loss weights, or None.
+        ignore_index: mask value excluded from losses and metrics.
+        pretrained: build the encoder with ``model.encoder_weights`` (False when restoring weights
+            from a checkpoint or bundle anyway).
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        class_names: list[str],
+        task: Task,
+        in_channels: int,
+        class_weights: list[float] | None = None,
+        ignore_index: int = 255,
+        pretrained: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = SegflowConfig.model_validate(config)
+        self.class_names = list(class_names)
+        self.num_classes = len(class_names)
+        self.task: Task = task
+        self.ignore_index = ignore_index
+        self.threshold = 0.5
+        self.init_messages: list[str] = []
+        self.configure_models(in_channels, pretrained)
+        self.configure_losses(class_weights)
+        self.configure_metrics()
+        self.captured: list[dict[str, Any]] = []  # a few validation predictions for the callbacks
+
+    # -- configure_* hooks -------------------------------------------------------------------
+    def configure_models(self, in_channels: int, pretrained: bool) -> None:
+        """Build the SMP network (and fine-tune from an earlier bundle when asked)."""
+        from segflow.models.factory import create_model, init_from_bundle
+
+        m = self.cfg.model
+        self.out_channels = 1 if self.task == "binary" else self.num_classes
+        self.model = create_model(
+            m.arch,
+            m.encoder,
+            in_channels=in_channels,
+            classes=self.out_channels,
+            encoder_weights=m.encoder_weights if pretrained and m.init_from is None else None,
+            **m.kwargs,
+        )
+        if pretrained and m.init_from is not None:
+            self.init_messages = init_from_bundle(
+                self.model, m.init_from, classes=self.out_channels
+            )
+
+    def configure_losses(self, class_weights: list[float] | None) -> None:
+        """The weighted sum of losses from ``config.loss``."""
+        from segflow.train.losses import build_loss
+
+        self.criterion = build_loss(
+            self.cfg.loss,
+            task=self.task,
+            num_classes=self.num_classes,
+            ignore_index=self.ignore_index,
+            class_weights=class_weights,
+        )
+
+    def configure_metrics(self) -> None:
+        """One confusion matrix per evaluation stage (built once, cloned; synced across processes)."""
+        base = MulticlassConfusionMatrix(self.num_classes, ignore_index=self.ignore_index)
+        self.confusion = torch.nn.ModuleDict({"val": base.clone(), "test": base.clone()})
+
+    def configure_optimizers(self) -> Any:
+        """Optimiser + schedule (stepped per batch, or per epoch for plateau)."""
+        from segflow.train.optim import build_optimizer, build_scheduler
+
+        optimizer = build_optimizer(self.parameters(), self.cfg.optimizer)
+        epochs = max(self.trainer.max_epochs or self.cfg.train.epochs, 1)
+        total = int(self.trainer.estimated_stepping_batches)
+        # Round up: a schedule at least as long as the real step count (OneCycle refuses extra steps).
+        steps_per_epoch = max(1, math.ceil(total / epochs))
+        scheduler = build_scheduler(
+            optimizer,
+            self.cfg.schedule,
+            steps_per_epoch=steps_per_epoch,
+            epochs=epochs,
+            peak_lr=self.cfg.optimizer.lr,
+            monitor=self.cfg.train.monitor,
+            monitor_mode=self.cfg.train.monitor_mode,
+        )
+        if scheduler.get("interval") == "epoch":
+            scheduler["frequency"] = self.cfg.train.val_every  # plateau waits for a validated epoch
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    # -- forward and predictions ---------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``N x K x H x W`` (K = 1 for binary)."""
+        if x.is_cuda and self.cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out: torch.Tensor = self.model(x)
+        return out
+
+    def labels(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class ids from logits (threshold for binary, argmax for multiclass)."""
+        if self.task == "binary":
+            return (torch.sigmoid(logits[:, 0]) > self.threshold).long()
+        return logits.argmax(dim=1)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Whole-image logits; images with a side above ``val_tile_threshold`` go in tiles."""
+        if max(x.shape[-2:]) <= self.cfg.data.val_tile_threshold:
+            whole: torch.Tensor = self(x)
+            return whole
+        return torch.stack(
+            [
+                sliding_window(self, img, tile=self.cfg.data.tile_size, overlap=0.25, batch_size=2)
+                for img in x
+            ]
+        )
+
+    # -- steps ---------------------------------------------------------------------------------
+    def _shared_step(self, batch: dict[str, Any], stage: Stage) -> torch.Tensor:
+        x, y = batch["image"], batch["mask"]
+        logits = self(x) if stage == "train" else self._logits(x)
+        loss: torch.Tensor
+        loss, parts = self.criterion(logits, y)
+        on_step = stage == "train"
+        n = x.shape[0]
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=True,
+            batch_size=n,
+            sync_dist=not on_step,
+            prog_bar=True,
+        )
+        for name, value in parts.items():
+            self.log(
+                f"{stage}/loss_{name}",
+                value,
+                on_step=False,
+                on_epoch=True,
+                batch_size=n,
+                sync_dist=not on_step,
+            )
+        if stage != "train":
+            preds = self.labels(logits)
+            self._confusion(stage).update(preds, y)
+            if stage == "val" and len(self.captured) < self.cfg.tracking.num_images:
+                for i in range(min(n, self.cfg.tracking.num_images - len(self.captured))):
+                    self.captured.append(
+                        {
+                            "image": x[i].detach().cpu(),
+                            "mask": y[i].detach().cpu(),
+                            "pred": preds[i].detach().cpu(),
+                        }
+                    )
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """One optimisation step."""
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Loss and confusion matrix on validation images."""
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Loss and confusion matrix on test images."""
+        self._shared_step(batch, "test")
+
+    def on_validation_epoch_start(self) -> None:
+        """Start a fresh capture of validation predictions."""
+        self.captured = []
+
+    def on_validation_epoch_end(self) -> None:
+        """Log mIoU, mDice, per-class IoU/Dice from the epoch's confusion matrix."""
+        self._log_confusion("val")
+
+    def on_test_epoch_end(self) -> None:
+        """Same as validation, on the test split."""
+        self._log_confusion("test")
+
+    def _confusion(self, stage: Stage) -> MulticlassConfusionMatrix:
+        metric = self.confusion[stage]
+        if not isinstance(metric, MulticlassConfusionMatrix):  # pragma: no cover - built above
+            raise TypeError(f"no confusion matrix for {stage}")
+        return metric
+
+    def _log_confusion(self, stage: Stage) -> None:
+        metric = self._confusion(stage)
+        cm = metric.compute().detach().cpu().numpy().astype(np.int64)
+        metric.reset()
+        values = summary(cm, self.class_names, prefix=f"{stage}/")
+        # NaN (class absent from truth and prediction) is logged as such; the monitor uses the mean.
+        self.log_dict({k: float(v) for k, v in values.items()}, sync_dist=False)
