@@ -13,14 +13,21 @@ from segflow._version import __version__
 
 if TYPE_CHECKING:
     from segflow.api import check, export_dataset, import_dataset, split
+    from segflow.config import SegflowConfig, load_config
     from segflow.data.dataset import CanonicalDataset, DatasetMeta, SegmentationDataset
     from segflow.errors import DataError, SegflowError, UsageError
+    from segflow.models.bundle import load_bundle
+    from segflow.train.runner import train
 
 _EXPORTS = {
     "import_dataset": "segflow.api",
     "check": "segflow.api",
     "export_dataset": "segflow.api",
     "split": "segflow.api",
+    "train": "segflow.train.runner",
+    "load_bundle": "segflow.models.bundle",
+    "load_config": "segflow.config",
+    "SegflowConfig": "segflow.config",
     "CanonicalDataset": "segflow.data.dataset",
     "DatasetMeta": "segflow.data.dataset",
     "SegmentationDataset": "segflow.data.dataset",
@@ -33,6 +40,7 @@ __all__ = [
     "CanonicalDataset",
     "DataError",
     "DatasetMeta",
+    "SegflowConfig",
     "SegflowError",
     "SegmentationDataset",
     "UsageError",
@@ -40,7 +48,10 @@ __all__ = [
     "check",
     "export_dataset",
     "import_dataset",
+    "load_bundle",
+    "load_config",
     "split",
+    "train",
 ]
 
 

@@ -243,14 +243,24 @@ class TrainConfig(_Section):
     precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = Field(
         "auto", description="'auto': bf16/16-mixed on a GPU that supports it, else 32"
     )
-    channels_last: bool = Field(True, description="channels-last memory format on GPU")
+    channels_last: bool = Field(
+        False,
+        description="channels-last memory format on GPU (measured slower for Unet-resnet34 on H100)",
+    )
     grad_accumulation: int = Field(1, ge=1, description="batches per optimizer step")
     grad_clip: float = Field(0.0, ge=0, description="gradient norm clip (0: off)")
+    checkpoint_minutes: float = Field(
+        2.0, gt=0, description="save a resumable checkpoint this often (wall-clock minutes)"
+    )
     checkpoint_every_steps: int = Field(
-        50, ge=1, description="also save a resumable checkpoint every N steps (mid-epoch resume)"
+        0, ge=0, description="also save one every N optimizer steps (0: off)"
     )
     val_every: int = Field(1, ge=1, description="validate every N epochs")
-    log_every_steps: int = Field(10, ge=1, description="log training metrics every N steps")
+    log_every_steps: int = Field(
+        50,
+        ge=1,
+        description="send the step loss to the loggers every N steps (each costs a GPU sync)",
+    )
     limit_train_batches: float | int = Field(
         1.0, description="share (float) or number (int) of batches per epoch"
     )

@@ -15,7 +15,7 @@ import typer
 
 from segflow._version import __version__
 from segflow.cli import data_commands, train_commands
-from segflow.cli._common import OneLineHandler, cli_errors, console
+from segflow.cli._common import OneLineHandler, cli_errors, console, quiet_training_logs
 
 app = typer.Typer(
     name="segflow",
@@ -63,9 +63,10 @@ def quickstart(
     ),
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier quick start folder.")] = False,
 ) -> None:
-    """Run the whole cycle on the bundled sample dataset (24 nuclei images, CC0)."""
+    """Run the whole cycle on the bundled sample dataset (24 fluorescence nuclei images, CC0)."""
     from segflow.quickstart import run_quickstart
 
+    quiet_training_logs()
     result = cli_errors(run_quickstart)(out, overwrite=overwrite, progress=True)
     con = console()
     con.print("[bold]segflow quickstart[/] ran these commands:")
@@ -73,6 +74,10 @@ def quickstart(
         con.print(f"  $ {cmd}")
     for name, path in result.outputs.items():
         con.print(f"{name}: {path}")
+    if result.best is not None:
+        con.print(f"best validation mIoU: {result.best:.3f}")
+    if result.mlflow_ui:
+        con.print(f"see every metric in MLflow: {result.mlflow_ui}")
 
 
 def run() -> None:

@@ -8,7 +8,7 @@ Run folder (``runs/NAME/``)::
     logs/attemptN/     every logged value per (re)start (Lightning CSV logger: metrics.csv)
     history.csv        one row per epoch;  curves.png  the same as plots
     images/            validation overlays every few epochs
-    checkpoints/       resumable checkpoints (epoch end, and every N steps)
+    checkpoints/       resumable checkpoints (every few minutes, every N steps if asked, final)
     best.segflow/      the best model bundle (bundle.yaml + weights.safetensors)
 """
 
@@ -238,6 +238,7 @@ def train(
     tracking_uri: str | None = None,
     name: str | None = None,
     progress: bool = False,
+    callbacks: Sequence[Any] = (),
 ) -> TrainResult | FoldsResult:
     """Train a model; see the module docstring for what the run folder holds.
 
@@ -251,9 +252,16 @@ def train(
         tracking_uri: MLflow tracking URI (overrides ``tracking.uri``).
         name: run name (overrides ``train.name``).
         progress: show progress bars.
+        callbacks: extra Lightning callbacks (Python API only).
     """
     if resume is not None:
-        return _resume(resume, overrides=overrides, tracking_uri=tracking_uri, progress=progress)
+        return _resume(
+            resume,
+            overrides=overrides,
+            tracking_uri=tracking_uri,
+            progress=progress,
+            callbacks=callbacks,
+        )
     cfg = load_config(config, overrides)
     updates: dict[str, Any] = {}
     if data is not None:
@@ -268,11 +276,11 @@ def train(
         cfg.tracking.uri = tracking_uri
     run_name = name or cfg.train.name or os.environ.get(RUN_NAME_ENV) or _default_name(cfg)
     if folds is not None:
-        return _train_folds(cfg, run_name, folds, progress=progress)
+        return _train_folds(cfg, run_name, folds, progress=progress, callbacks=callbacks)
     run_dir = cfg.train.output / run_name
     if (run_dir / "run.json").exists() and os.environ.get(RUN_NAME_ENV) != run_name:
         raise UsageError(f"{run_dir}: run already exists; choose another --name or --resume it")
-    return _fit(cfg, run_dir, run_name, progress=progress)
+    return _fit(cfg, run_dir, run_name, progress=progress, extra_callbacks=callbacks)
 
 
 def _default_name(cfg: SegflowConfig) -> str:
@@ -281,7 +289,9 @@ def _default_name(cfg: SegflowConfig) -> str:
     return _slug(f"{dataset}-{cfg.model.arch}-{cfg.model.encoder}-{stamp}")
 
 
-def _train_folds(cfg: SegflowConfig, run_name: str, folds: str, *, progress: bool) -> FoldsResult:
+def _train_folds(
+    cfg: SegflowConfig, run_name: str, folds: str, *, progress: bool, callbacks: Sequence[Any]
+) -> FoldsResult:
     if folds != "all":
         raise UsageError(f"--folds {folds!r}: only 'all' is supported (use --fold K for one fold)")
     dataset = CanonicalDataset(cfg.data.dataset or ".")
@@ -294,7 +304,15 @@ def _train_folds(cfg: SegflowConfig, run_name: str, folds: str, *, progress: boo
     results = []
     for k in found:
         fold_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"fold": k})})
-        results.append(_fit(fold_cfg, root / f"fold{k}", f"{run_name}-fold{k}", progress=progress))
+        results.append(
+            _fit(
+                fold_cfg,
+                root / f"fold{k}",
+                f"{run_name}-fold{k}",
+                progress=progress,
+                extra_callbacks=callbacks,
+            )
+        )
     values = [r.best for r in results if r.best is not None]
     mean = statistics.fmean(values) if values else float("nan")
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -314,6 +332,7 @@ def _resume(
     overrides: Sequence[str],
     tracking_uri: str | None,
     progress: bool,
+    callbacks: Sequence[Any],
 ) -> TrainResult:
     run_dir = find_run(resume, Path("runs"))
     cfg = load_config(run_dir / "config.yaml", overrides)
@@ -324,7 +343,13 @@ def _resume(
     if ckpt is None:
         log.warning("%s has no checkpoint yet: starting it again from the beginning", run_dir)
     return _fit(
-        cfg, run_dir, state.get("name", run_dir.name), progress=progress, ckpt=ckpt, state=state
+        cfg,
+        run_dir,
+        state.get("name", run_dir.name),
+        progress=progress,
+        ckpt=ckpt,
+        state=state,
+        extra_callbacks=callbacks,
     )
 
 
@@ -336,11 +361,12 @@ def _fit(
     progress: bool,
     ckpt: Path | None = None,
     state: dict[str, Any] | None = None,
+    extra_callbacks: Sequence[Any] = (),
 ) -> TrainResult:
     import lightning as L
 
     from segflow.data.transforms import Preprocessor, resolve_normalization
-    from segflow.train.callbacks import BestBundle, History, Overlays
+    from segflow.train.callbacks import BestBundle, History, Overlays, epoch_progress_bar
     from segflow.train.data import SegmentationData
     from segflow.train.losses import auto_class_weights
     from segflow.train.task import SegmentationTask
@@ -460,10 +486,12 @@ def _fit(
 
     t = cfg.train
     callbacks: list[Any] = [
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch-end", save_top_k=1,
-                        every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False),
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step", save_top_k=1,
-                        every_n_train_steps=t.checkpoint_every_steps, enable_version_counter=False),
+        # Resumable checkpoints by wall-clock time, not every epoch: on small datasets an epoch is
+        # a handful of steps and saving model + optimiser state each time cost 75% of GPU
+        # throughput (benchmarks/train_overhead.py, H100).
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="timed", save_top_k=1,
+                        train_time_interval=_dt.timedelta(minutes=t.checkpoint_minutes),
+                        enable_version_counter=False),
         BestBundle(run_dir / "best.segflow", make_meta, t.monitor if stems["val"] else "train/loss_epoch",
                    t.monitor_mode if stems["val"] else "min"),
         History(run_dir, sink),
@@ -475,10 +503,13 @@ def _fit(
         callbacks.append(
             EarlyStopping(monitor=t.monitor, mode=t.monitor_mode, patience=t.early_stopping)
         )
+    if t.checkpoint_every_steps:
+        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step", save_top_k=1,
+                                         every_n_train_steps=t.checkpoint_every_steps,
+                                         enable_version_counter=False))  # fmt: skip
+    callbacks.extend(extra_callbacks)
     if progress:
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(epoch_progress_bar(t.monitor))
     attempt = len(list((run_dir / "logs").glob("attempt*"))) if (run_dir / "logs").is_dir() else 0
     loggers: list[Any] = [CSVLogger(run_dir, name="logs", version=f"attempt{attempt}")]
     if tracking is not None:
@@ -528,11 +559,14 @@ def _fit(
             if rank_zero:
                 _write_state(run_dir, run_name, cfg, tracking, status="failed")
             raise
+    # One final checkpoint so a finished run can be continued (--resume RUN --set train.epochs=N).
+    trainer.save_checkpoint(run_dir / "checkpoints" / "final.ckpt")
     best_cb = next(c for c in callbacks if isinstance(c, BestBundle))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if rank_zero:
         _write_state(run_dir, run_name, cfg, tracking, status="finished", best=best_cb.best,
-                     epochs=trainer.current_epoch)  # fmt: skip
+                     epochs=trainer.current_epoch, world_size=trainer.world_size,
+                     precision=str(trainer.precision))  # fmt: skip
         if tracking is not None:
             tracking.log_artifact(run_dir / "config.yaml", None)
             tracking.log_artifact(run_dir / "best.segflow", "model")
@@ -556,6 +590,8 @@ def _write_state(
     status: str,
     best: float | None = None,
     epochs: int | None = None,
+    world_size: int | None = None,
+    precision: str | None = None,
 ) -> None:
     path = run_dir / "run.json"
     state = json.loads(path.read_text()) if path.is_file() else {}
@@ -577,4 +613,8 @@ def _write_state(
         state["best"] = best
     if epochs is not None:
         state["epochs"] = epochs
+    if world_size is not None:
+        state["world_size"] = world_size
+    if precision is not None:
+        state["precision"] = precision
     atomic_write_text(path, json.dumps(state, indent=2))

@@ -58,6 +58,8 @@ class SegmentationTask(L.LightningModule):
         self.configure_losses(class_weights)
         self.configure_metrics()
         self.captured: list[dict[str, Any]] = []  # a few validation predictions for the callbacks
+        self._train_parts: dict[str, torch.Tensor] = {}
+        self._train_count = 0
 
     # -- configure_* hooks -------------------------------------------------------------------
     def configure_models(self, in_channels: int, pretrained: bool) -> None:
@@ -159,17 +161,19 @@ class SegmentationTask(L.LightningModule):
             on_epoch=True,
             batch_size=n,
             sync_dist=not on_step,
-            prog_bar=True,
         )
-        for name, value in parts.items():
-            self.log(
-                f"{stage}/loss_{name}",
-                value,
-                on_step=False,
-                on_epoch=True,
-                batch_size=n,
-                sync_dist=not on_step,
-            )
+        if stage == "train":
+            # Component losses are summed locally and logged once per epoch: one self.log per
+            # step instead of one per term (each costs ~0.5 ms of Python on a GPU step).
+            for name, value in parts.items():
+                total = self._train_parts.get(name)
+                self._train_parts[name] = (
+                    value.detach() * n if total is None else total + value.detach() * n
+                )
+            self._train_count += n
+        else:
+            for name, value in parts.items():
+                self.log(f"{stage}/loss_{name}", value, on_epoch=True, batch_size=n, sync_dist=True)
         if stage != "train":
             preds = self.labels(logits)
             self._confusion(stage).update(preds, y)
@@ -195,6 +199,21 @@ class SegmentationTask(L.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Loss and confusion matrix on test images."""
         self._shared_step(batch, "test")
+
+    def on_train_epoch_start(self) -> None:
+        """Reset the running sums of the training loss terms."""
+        self._train_parts = {}
+        self._train_count = 0
+
+    def on_train_epoch_end(self) -> None:
+        """Log the epoch means of the training loss terms."""
+        for name, total in self._train_parts.items():
+            self.log(f"train/loss_{name}", total / max(self._train_count, 1), sync_dist=True)
+
+    def on_fit_start(self) -> None:
+        """Channels-last weights on GPU (the inputs follow in ``forward``)."""
+        if self.device.type == "cuda" and self.cfg.train.channels_last:
+            self.model.to(memory_format=torch.channels_last)
 
     def on_validation_epoch_start(self) -> None:
         """Start a fresh capture of validation predictions."""

@@ -1,0 +1,35 @@
+"""segflow quickstart: every stage runs on the bundled sample (tiny training for speed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import segflow.quickstart as qs
+from segflow.models.bundle import load_bundle
+
+
+def test_quickstart_runs_every_stage(cli, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(
+        qs,
+        "QUICKSTART_CONFIG",
+        "model: {{arch: Unet, encoder: resnet18, encoder_weights: null}}\n"
+        "data: {{tile_size: 64, batch_size: 4, num_workers: 0}}\n"
+        "train: {{epochs: 1, output: {output}}}\ntracking: {{enabled: true}}\n",
+    )
+    out = tmp_path / "qs"
+    res = cli("quickstart", "--out", out)
+    assert res.exit_code == 0, res.stderr
+    for cmd in ("segflow import masks", "segflow check", "segflow split", "segflow train"):
+        assert cmd in res.stdout
+    assert (out / "dataset" / "qa_report.html").is_file() and (
+        out / "dataset" / "splits.csv"
+    ).is_file()
+    bundle = load_bundle(out / "runs" / "nuclei" / "best.segflow")
+    assert [c.name for c in bundle.meta.classes] == ["background", "nucleus"]
+    assert "mlflow ui --backend-store-uri sqlite:///" in res.stdout.replace("\n", "")
+    assert (out / "sample_nuclei" / "README.md").is_file()  # licence travels with the data
+    again = cli("quickstart", "--out", out)
+    assert again.exit_code == 2 and "--overwrite" in again.stderr
+    (tmp_path / "mine").mkdir()
+    refused = cli("quickstart", "--out", tmp_path / "mine", "--overwrite")
+    assert refused.exit_code == 2 and "not made by segflow quickstart" in refused.stderr
