@@ -24,13 +24,12 @@ def import_dataset(
     from pydantic import ValidationError
 
     from segflow.data.formats.base import ImportOptions, run_import
-    from segflow.errors import UsageError
+    from segflow.errors import UsageError, validation_message
 
     try:
         opts = ImportOptions(**options)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise UsageError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+        raise UsageError(validation_message(exc)) from None
     return run_import(format, src, out, opts, progress=progress)
 
 

@@ -7,6 +7,7 @@ one line and exits with ``exit_code``. Anything else is a bug and keeps its trac
 from __future__ import annotations
 
 from os import PathLike
+from typing import Any
 
 
 class SegflowError(Exception):
@@ -42,3 +43,11 @@ class DataError(SegflowError):
     def __reduce__(self) -> tuple[type[DataError], tuple[str | None, str]]:
         # Keeps the exception picklable across worker processes.
         return (type(self), (self.path, self.problem))
+
+
+def validation_message(exc: Any) -> str:
+    """One line from a pydantic ``ValidationError``: where, what, and how many more problems."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "top level"
+    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from segflow._version import __version__
 from segflow.data import image_io
-from segflow.errors import DataError, UsageError
+from segflow.errors import DataError, UsageError, validation_message
 
 if TYPE_CHECKING:
     import torch
@@ -144,13 +144,6 @@ def make_classes(
     return out
 
 
-def _format_validation_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "top level"
-    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-    return f"{where}: {first['msg']}{more}"
-
-
 def load_meta(path: Path) -> DatasetMeta:
     """Read and validate ``dataset.yaml``."""
     if not path.is_file():
@@ -164,7 +157,7 @@ def load_meta(path: Path) -> DatasetMeta:
     try:
         return DatasetMeta.model_validate(raw)
     except ValidationError as exc:
-        raise DataError(path, _format_validation_error(exc)) from None
+        raise DataError(path, validation_message(exc)) from None
 
 
 class FlowList(list[Any]):

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from segflow._version import __version__
 from segflow.config import PreprocessConfig
 from segflow.data.dataset import ClassInfo, FlowList, dump_yaml, now_iso
-from segflow.errors import ConfigError, DataError, UsageError
+from segflow.errors import ConfigError, DataError, UsageError, validation_message
 from segflow.models.factory import canonical_arch, create_model
 
 BUNDLE_SUFFIX = ".segflow"
@@ -161,13 +161,6 @@ class LoadedBundle:
     path: Path
 
 
-def _validation_message(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "top level"
-    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-    return f"{where}: {first['msg']}{more}"
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -253,7 +246,7 @@ def save_bundle(path: str | os.PathLike[str], model: torch.nn.Module, meta: Bund
             final = BundleMeta.model_validate(data)
         except ValidationError as exc:
             raise UsageError(
-                f"{path}: invalid bundle metadata: {_validation_message(exc)}"
+                f"{path}: invalid bundle metadata: {validation_message(exc)}"
             ) from None
         (tmp / META_FILE).write_text(_dump_meta(final), encoding="utf-8")
         if path.exists():
@@ -312,7 +305,7 @@ def read_bundle_meta(path: str | os.PathLike[str]) -> BundleMeta:
     try:
         return BundleMeta.model_validate(raw)
     except ValidationError as exc:
-        raise DataError(meta_path, _validation_message(exc)) from None
+        raise DataError(meta_path, validation_message(exc)) from None
 
 
 def read_bundle_weights(path: str | os.PathLike[str], meta: BundleMeta) -> dict[str, torch.Tensor]:
