@@ -47,3 +47,17 @@ def cli() -> Callable[..., CliResult]:
 def real() -> Path:
     """Folder of real annotation files from other projects (see fixtures/real/SOURCES.md)."""
     return REAL
+
+
+@pytest.fixture(autouse=True)
+def _restore_segflow_logging():
+    """CLI runs install a stderr handler and a level on the "segflow" logger; undo after each test."""
+    import logging
+
+    names = ("segflow", "lightning", "lightning.pytorch", "lightning.fabric", "mlflow", "alembic")
+    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).level) for n in names}
+    yield
+    for n, (handlers, level) in saved.items():
+        logger = logging.getLogger(n)
+        logger.handlers[:] = handlers
+        logger.setLevel(level)

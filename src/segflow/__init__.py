@@ -12,18 +12,31 @@ from typing import TYPE_CHECKING, Any
 from segflow._version import __version__
 
 if TYPE_CHECKING:
-    from segflow.api import check, export_dataset, import_dataset, split
+    from segflow.api import (
+        check,
+        evaluate,
+        export_dataset,
+        export_model,
+        import_dataset,
+        predict,
+        split,
+    )
     from segflow.config import SegflowConfig, load_config
     from segflow.data.dataset import CanonicalDataset, DatasetMeta, SegmentationDataset
     from segflow.errors import DataError, SegflowError, UsageError
+    from segflow.infer.predictor import Predictor
     from segflow.models.bundle import load_bundle
     from segflow.train.runner import train
 
 _EXPORTS = {
     "import_dataset": "segflow.api",
     "check": "segflow.api",
+    "evaluate": "segflow.api",
     "export_dataset": "segflow.api",
+    "export_model": "segflow.api",
     "split": "segflow.api",
+    "predict": "segflow.api",
+    "Predictor": "segflow.infer.predictor",
     "train": "segflow.train.runner",
     "load_bundle": "segflow.models.bundle",
     "load_config": "segflow.config",
@@ -40,16 +53,20 @@ __all__ = [
     "CanonicalDataset",
     "DataError",
     "DatasetMeta",
+    "Predictor",
     "SegflowConfig",
     "SegflowError",
     "SegmentationDataset",
     "UsageError",
     "__version__",
     "check",
+    "evaluate",
     "export_dataset",
+    "export_model",
     "import_dataset",
     "load_bundle",
     "load_config",
+    "predict",
     "split",
     "train",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,8 @@ if TYPE_CHECKING:
     from segflow.data.formats.base import ImportReport
     from segflow.data.qa import CheckResult
     from segflow.data.splits import SplitResult
+    from segflow.evaluate.evaluator import EvalResult
+    from segflow.models.bundle import ExportInfo
 
 PathLike = str | os.PathLike[str]
 
@@ -97,3 +100,181 @@ def export_dataset(
 
     exporter = EXPORTERS.get(format)
     return exporter(CanonicalDataset(dataset), Path(out), overwrite=overwrite, progress=progress)
+
+
+#: Model export formats: ``segflow export BUNDLE --format FORMAT``.
+MODEL_FORMATS = ("onnx", "torchscript")
+
+
+def export_model(
+    bundle: PathLike,
+    *,
+    format: str,
+    opset: int | None = None,
+    exporter: str = "auto",
+    tolerance: float = 1e-4,
+) -> ExportInfo:
+    """``segflow export BUNDLE --format onnx|torchscript``: write ``model.onnx`` / ``model.ts``.
+
+    The file goes inside the bundle only after it matched the bundle's PyTorch network within
+    ``tolerance`` (max |logit difference|) at several input sizes; ``bundle.yaml`` then lists it
+    with its sha256 and the parity figures. ``opset`` and ``exporter`` (``auto``, ``legacy``,
+    ``dynamo``) apply to ONNX only.
+
+    Returns:
+        The export's entry in ``bundle.yaml`` (file, exporter, opset, parity...).
+    """
+    import difflib
+
+    from segflow.errors import UsageError
+
+    if format not in MODEL_FORMATS:
+        close = difflib.get_close_matches(format.lower(), MODEL_FORMATS, n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UsageError(
+            f"unknown model export format {format!r}{hint}; valid: {', '.join(MODEL_FORMATS)}"
+        )
+    if format == "onnx":
+        from segflow.export.onnx import export_onnx
+
+        return export_onnx(bundle, opset=opset, exporter=exporter, tolerance=tolerance)
+    if opset is not None or exporter != "auto":
+        raise UsageError("--opset and --exporter apply to --format onnx only")
+    from segflow.export.torchscript import export_torchscript
+
+    return export_torchscript(bundle, tolerance=tolerance)
+
+
+def predict(
+    bundles: PathLike | Sequence[PathLike],
+    inputs: PathLike | Sequence[PathLike],
+    *,
+    out: PathLike,
+    combine: str = "mean",
+    backend: str = "auto",
+    device: str = "auto",
+    tile: int | None = None,
+    overlap: float | None = None,
+    batch: int | None = None,
+    tta: str | Sequence[str] | None = None,
+    threshold: float | None = None,
+    min_size: Sequence[str] = (),
+    fill_holes: Sequence[str] = (),
+    keep_largest: Sequence[str] = (),
+    probs: bool = False,
+    polygons: str | None = None,
+    color: bool = True,
+    overlay: bool = True,
+    progress: bool = False,
+) -> list[dict[str, Path]]:
+    """``segflow predict BUNDLE INPUT... --out DIR``: writes masks and returns the files per image.
+
+    Post-processing flags add to the bundle's own settings: ``min_size`` takes ``"N"`` (every
+    foreground class) or ``"CLASS=N"``; ``fill_holes``/``keep_largest`` take class names, ids or
+    ``"all"``. ``tta`` is ``"h,v,hv"``-style (``"none"`` turns the bundle's TTA off).
+    """
+    from segflow._progress import ProgressBar
+    from segflow.errors import UsageError
+    from segflow.infer.outputs import write_coco, write_prediction
+    from segflow.infer.postprocess import PostProcess, parse_class_list, parse_min_size
+    from segflow.infer.predictor import Predictor, expand_inputs
+    from segflow.models.bundle import read_bundle_meta
+
+    paths = (
+        [Path(bundles)] if isinstance(bundles, str | os.PathLike) else [Path(b) for b in bundles]
+    )
+    if combine not in ("mean", "vote"):
+        raise UsageError(f"--combine {combine!r}: use mean or vote")
+    if polygons not in (None, "geojson", "coco"):
+        raise UsageError(f"--polygons {polygons!r}: use geojson or coco")
+    flips: list[str] | None = None
+    if isinstance(tta, str):
+        flips = (
+            [] if tta.strip() in ("", "none") else [t.strip() for t in tta.split(",") if t.strip()]
+        )
+    elif tta is not None:
+        flips = list(tta)
+    meta = read_bundle_meta(paths[0])
+    names = [c.name for c in meta.classes]
+    base = PostProcess.model_validate(meta.postprocess or {})
+    post = PostProcess(
+        min_size={**base.min_size, **parse_min_size(list(min_size), names)},
+        fill_holes=sorted(
+            set(base.fill_holes) | set(parse_class_list(list(fill_holes), names, "--fill-holes"))
+        ),
+        keep_largest=sorted(
+            set(base.keep_largest)
+            | set(parse_class_list(list(keep_largest), names, "--keep-largest"))
+        ),
+    )
+    predictor = Predictor.from_bundles(
+        paths,
+        backend=backend,
+        device=device,
+        tta=flips,
+        tile_size=tile,
+        overlap=overlap,
+        batch_size=batch,
+        threshold=threshold,
+        postprocess=post,
+        combine=combine,  # type: ignore[arg-type]
+    )
+    files = expand_inputs(inputs)
+    out_dir = Path(out)
+    written = []
+    kept = []
+    with ProgressBar(progress, "predict", len(files)) as bar:
+        for path in files:
+            pred = predictor.predict_path(path, probs=probs)
+            written.append(
+                write_prediction(
+                    pred,
+                    out_dir,
+                    predictor.classes,
+                    color=color,
+                    overlay=overlay,
+                    probs=probs,
+                    polygon_format="geojson" if polygons == "geojson" else None,
+                )
+            )
+            if polygons == "coco":
+                pred.image, pred.probs = None, None
+                kept.append(pred)
+            bar.advance()
+    if polygons == "coco":
+        write_coco(kept, out_dir / "predictions_coco.json", predictor.classes)
+    return written
+
+
+def evaluate(
+    bundle: PathLike | Sequence[PathLike],
+    dataset: PathLike,
+    *,
+    split: str | None = "test",
+    out: PathLike | None = None,
+    roi: PathLike | None = None,
+    backend: str = "auto",
+    device: str = "auto",
+    tta: Sequence[str] | None = None,
+    worst_k: int = 8,
+    progress: bool = False,
+) -> EvalResult:
+    """``segflow eval BUNDLE DATASET``: a list of bundles is an ensemble (``--with``).
+
+    Returns the metrics (``.metrics``, as in ``metrics.json``), the per-image rows, the output
+    folder and the report path. See :func:`segflow.evaluate.evaluator.evaluate`.
+    """
+    from segflow.evaluate.evaluator import evaluate as run_evaluate
+
+    return run_evaluate(
+        bundle,
+        dataset,
+        split=split,
+        out=out,
+        roi=roi,
+        backend=backend,
+        device=device,
+        tta=tta,
+        worst_k=worst_k,
+        progress=progress,
+    )

@@ -158,7 +158,7 @@ def test_save_checks_the_path_and_the_meta(tmp_path: Path) -> None:
         ({"normalization": {"scale": 255, "mean": [0.5], "std": [0.2]}}, "need 3 values"),
         (
             {"normalization": {"scale": 255, "mean": [0] * 3, "std": [0, 1, 1]}},
-            "every std must be > 0",
+            "std values must be > 0",
         ),
         ({"weights_file": "../evil.safetensors"}, "weights_file"),
         ({"weights_file": "weights.pt"}, "weights_file"),

@@ -1,4 +1,4 @@
-"""Dataset commands: ``import``, ``check``, ``split`` and ``export coco``."""
+"""Dataset commands: ``import``, ``check``, ``split`` and ``export`` (datasets and model bundles)."""
 
 from __future__ import annotations
 
@@ -238,26 +238,87 @@ def split(
 @cli_errors
 def export(
     target: Annotated[
-        str, typer.Argument(help="Dataset export format (coco).", show_default=False)
+        str,
+        typer.Argument(
+            help="A model bundle (NAME.segflow) or a dataset export format (coco).",
+            show_default=False,
+        ),
     ],
     paths: Annotated[
-        list[Path], typer.Argument(help="DATASET OUT: the dataset folder, then the file to write.")
-    ],
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+        list[Path] | None,
+        typer.Argument(help="Dataset formats: DATASET OUT, the dataset folder then the file."),
+    ] = None,
+    format: Annotated[
+        str | None,
+        typer.Option("--format", help="Bundles: onnx or torchscript.", show_default=False),
+    ] = None,
+    opset: Annotated[
+        int | None, typer.Option(help="Bundles, ONNX: opset (default: the exporter's, 20).")
+    ] = None,
+    exporter: Annotated[
+        str, typer.Option(help="Bundles, ONNX: auto (legacy, then dynamo), legacy or dynamo.")
+    ] = "auto",
+    tolerance: Annotated[
+        float, typer.Option(help="Bundles: max |logit difference| allowed against PyTorch.")
+    ] = 1e-4,
+    overwrite: Annotated[
+        bool, typer.Option(help="Dataset formats: replace OUT if it exists.")
+    ] = False,
 ) -> None:
-    """Export a dataset for re-labelling: `segflow export coco DATASET OUT.json`."""
-    from segflow.api import export_dataset
-    from segflow.data.formats import EXPORTERS
+    """Export a model bundle (ONNX, TorchScript) or a dataset for re-labelling.
+
+    `segflow export BUNDLE --format onnx` writes BUNDLE/model.onnx after checking it against
+    PyTorch; `segflow export coco DATASET OUT.json` writes a dataset as COCO.
+    """
     from segflow.errors import UsageError
 
+    paths = paths or []
+    bundle = Path(target)
+    if target.endswith(".segflow") or (bundle / "bundle.yaml").is_file():
+        if paths:
+            raise UsageError(
+                f"segflow export BUNDLE takes no further paths, got {', '.join(map(str, paths))}"
+            )
+        if format is None:
+            raise UsageError("--format is required to export a bundle: onnx or torchscript")
+        _export_bundle(bundle, format, opset, exporter, tolerance)
+        return
+    from segflow.api import MODEL_FORMATS, export_dataset
+    from segflow.data.formats import EXPORTERS
+
     if target not in EXPORTERS:
+        hint = (
+            f" (models: segflow export BUNDLE --format {target})" if target in MODEL_FORMATS else ""
+        )
         raise UsageError(
-            f"unknown export target {target!r}; dataset formats: {', '.join(EXPORTERS.names())}"
+            f"unknown export target {target!r}: give a bundle folder (NAME.segflow) or a "
+            f"dataset format ({', '.join(EXPORTERS.names())}){hint}"
+        )
+    if format is not None or opset is not None or exporter != "auto":
+        raise UsageError(
+            f"--format, --opset and --exporter are for bundles, not the {target} dataset format"
         )
     if len(paths) != 2:
         raise UsageError(f"segflow export {target} takes DATASET OUT, got {len(paths)} path(s)")
     written = export_dataset(target, paths[0], paths[1], overwrite=overwrite, progress=True)
     console().print(f"wrote {written}")
+
+
+def _export_bundle(
+    bundle: Path, format: str, opset: int | None, exporter: str, tolerance: float
+) -> None:
+    from segflow.api import export_model
+    from segflow.export.verify import describe_parity
+
+    info = export_model(bundle, format=format, opset=opset, exporter=exporter, tolerance=tolerance)
+    file = bundle / info.file
+    opset_text = f", opset {info.opset}" if info.opset is not None else ""
+    out = console()  # one line each, unwrapped: paths stay copyable; no markup in paths
+    size = file.stat().st_size / 1e6
+    out.print(
+        f"wrote {file} ({size:.1f} MB, {info.exporter}{opset_text})", soft_wrap=True, markup=False
+    )
+    out.print(f"parity with PyTorch: {describe_parity(info.parity)}", soft_wrap=True, markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from segflow._version import __version__
-from segflow.cli import data_commands, train_commands
+from segflow.cli import data_commands, eval_commands, infer_commands, train_commands
 from segflow.cli._common import OneLineHandler, cli_errors, console, quiet_training_logs
 
 app = typer.Typer(
@@ -54,6 +54,8 @@ def main(
 
 data_commands.register(app)
 train_commands.register(app)
+eval_commands.register(app)
+infer_commands.register(app)
 
 
 @app.command()

@@ -1,15 +1,44 @@
-"""Scores from a confusion matrix (pure numpy).
+"""Scores from confusion matrices (pure numpy).
 
-Convention: a class absent from both the truth and the prediction has an undefined score (NaN)
-and is left out of the means; it is neither a perfect 1 nor a 0. Means are over the classes
-with a defined score.
+``confusion[t, p]`` counts pixels of true class ``t`` predicted as ``p`` (ignore and out-of-ROI
+pixels are never counted). For class ``c``: ``TP = C[c, c]``, ``FP = column sum - TP``,
+``FN = row sum - TP``, and
+
+- IoU = TP / (TP + FP + FN), Dice = 2 TP / (2 TP + FP + FN),
+- precision = TP / (TP + FP), recall = TP / (TP + FN),
+- pixel accuracy = trace(C) / sum(C).
+
+Convention: a score whose denominator is 0 is undefined (NaN). For IoU and Dice that is a class
+absent from both the truth and the prediction: it is neither a perfect 1 nor a 0, it is left out
+of every mean, and JSON reports it as ``null`` (:func:`json_ready`). Means are over the classes
+(or images) with a defined score; a mean over nothing is NaN.
+
+Aggregates (:func:`evaluation_metrics`):
+
+- **micro**: pooled over every counted pixel and every class of the total matrix.
+  ``accuracy = sum TP / sum C``; ``iou = sum_c TP_c / sum_c (TP_c + FP_c + FN_c)``;
+  ``dice = 2 sum_c TP_c / sum_c (2 TP_c + FP_c + FN_c)``. Every wrong pixel is one FP (of the
+  predicted class) and one FN (of the true class), so micro Dice = micro precision = micro recall
+  = accuracy, and micro IoU = accuracy / (2 - accuracy). (torchmetrics ``average="micro"`` and
+  segmentation_models_pytorch ``reduction="micro"`` compute the same numbers.)
+- **macro**: the mean over classes of the per-class scores of the total matrix (all images'
+  pixels pooled per class), undefined classes excluded; **macro_fg** the same without class 0
+  (background).
+- **per_image**: each image's scores from its own matrix; ``iou``/``dice`` (and ``_fg``) are the
+  mean over images of each image's macro score, ``accuracy`` the mean pixel accuracy, and
+  ``per_class[name]`` the mean over images of that class's score; images where the score is
+  undefined are excluded from each mean.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+
+SCORES = ("iou", "dice", "precision", "recall")
 
 
 def scores_from_confusion(confusion: np.ndarray) -> dict[str, np.ndarray]:
@@ -53,3 +82,152 @@ def summary(
         out[f"{prefix}IoU/{name}"] = float(s["iou"][i])
         out[f"{prefix}Dice/{name}"] = float(s["dice"][i])
     return out
+
+
+def pixel_accuracy(confusion: np.ndarray) -> float:
+    """Share of counted pixels predicted right; NaN when no pixel counts."""
+    cm = np.asarray(confusion, dtype=np.float64)
+    total = cm.sum()
+    return float(np.trace(cm) / total) if total else float("nan")
+
+
+def micro_scores(confusion: np.ndarray) -> dict[str, float]:
+    """Pixel accuracy, micro IoU and micro Dice of a ``K x K`` matrix (see the module docstring)."""
+    cm = np.asarray(confusion, dtype=np.float64)
+    tp = float(np.trace(cm))
+    wrong = float(cm.sum()) - tp  # = sum of FP = sum of FN
+    iou_den = tp + 2 * wrong
+    return {
+        "accuracy": pixel_accuracy(cm),
+        "iou": tp / iou_den if iou_den else float("nan"),
+        "dice": 2 * tp / (2 * tp + 2 * wrong) if iou_den else float("nan"),
+    }
+
+
+def macro_scores(
+    per_class: dict[str, np.ndarray], *, skip_background: bool = False
+) -> dict[str, float]:
+    """Mean of each per-class score over the classes where it is defined (class 0 left out on request)."""
+    start = 1 if skip_background else 0
+    return {name: nanmean(np.asarray(values)[start:]) for name, values in per_class.items()}
+
+
+def image_scores(stack: np.ndarray) -> dict[str, np.ndarray]:
+    """Scores of each image from an ``N x K x K`` stack of per-image matrices.
+
+    Returns ``iou``/``dice``/``precision``/``recall`` as ``N x K`` arrays, and per image (``N``):
+    ``mIoU``/``mDice`` (mean over defined classes), ``mIoU_fg``/``mDice_fg`` (without class 0)
+    and ``acc`` (pixel accuracy); NaN where undefined.
+    """
+    cms = np.asarray(stack, dtype=np.float64)
+    n = cms.shape[0]
+    rows = [scores_from_confusion(cm) for cm in cms]
+    k = cms.shape[1] if cms.ndim == 3 else 0
+    out = {s: np.array([r[s] for r in rows]).reshape(n, k) for s in SCORES}
+    out["mIoU"] = np.array([nanmean(r) for r in out["iou"]])
+    out["mDice"] = np.array([nanmean(r) for r in out["dice"]])
+    out["mIoU_fg"] = np.array([nanmean(r[1:]) for r in out["iou"]])
+    out["mDice_fg"] = np.array([nanmean(r[1:]) for r in out["dice"]])
+    out["acc"] = np.array([pixel_accuracy(cm) for cm in cms])
+    return out
+
+
+def evaluation_metrics(
+    total: np.ndarray, stack: np.ndarray, class_names: Sequence[str]
+) -> dict[str, Any]:
+    """Per-class, micro, macro, macro_fg and per-image aggregates (module docstring), NaN kept.
+
+    Args:
+        total: the ``K x K`` matrix summed over images.
+        stack: the ``N x K x K`` per-image matrices (their sum is ``total``).
+        class_names: ``K`` names in id order.
+
+    Returns:
+        A nested dict of floats (NaN where undefined): ``per_class[name][score]``, ``micro``,
+        ``macro``, ``macro_fg``, ``per_image`` (with ``per_class[name]["iou" | "dice"]``).
+    """
+    per_class = scores_from_confusion(total)
+    images = image_scores(stack)
+    names = list(class_names)
+    per_image_class = {
+        name: {
+            "iou": nanmean(images["iou"][:, i]),
+            "dice": nanmean(images["dice"][:, i]),
+            "images": int(np.count_nonzero(~np.isnan(images["iou"][:, i]))),
+        }
+        for i, name in enumerate(names)
+    }
+    return {
+        "per_class": {
+            name: {s: float(per_class[s][i]) for s in SCORES} for i, name in enumerate(names)
+        },
+        "micro": micro_scores(total),
+        "macro": macro_scores(per_class),
+        "macro_fg": macro_scores(per_class, skip_background=True),
+        "per_image": {
+            "iou": nanmean(images["mIoU"]),
+            "dice": nanmean(images["mDice"]),
+            "iou_fg": nanmean(images["mIoU_fg"]),
+            "dice_fg": nanmean(images["mDice_fg"]),
+            "accuracy": nanmean(images["acc"]),
+            "per_class": per_image_class,
+        },
+    }
+
+
+def json_ready(value: Any) -> Any:
+    """A copy with every NaN/inf float as None and numpy scalars/arrays as Python (for JSON)."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_ready(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def per_image_rows(
+    stems: Sequence[str], stack: np.ndarray, names: Sequence[str]
+) -> list[dict[str, Any]]:
+    """One row per image: ``stem``, ``IoU/<class>``, ``Dice/<class>``, mIoU, mDice, mIoU_fg, mDice_fg, acc."""
+    scores = image_scores(stack)
+    rows = []
+    for i, stem in enumerate(stems):
+        row: dict[str, Any] = {"stem": stem}
+        for j, name in enumerate(names):
+            row[f"IoU/{name}"] = float(scores["iou"][i, j])
+            row[f"Dice/{name}"] = float(scores["dice"][i, j])
+        for key in ("mIoU", "mDice", "mIoU_fg", "mDice_fg", "acc"):
+            row[key] = float(scores[key][i])
+        rows.append(row)
+    return rows
+
+
+def metric_prefix(split_label: str) -> str:
+    """MLflow key prefix: ``test/`` for the test split, ``eval_<split>/`` otherwise.
+
+    Other splits get their own prefix so they never add points to training's ``val/`` curves.
+    """
+    return "test/" if split_label == "test" else f"eval_{split_label}/"
+
+
+def flat_metrics(metrics: dict[str, Any], total: np.ndarray, prefix: str) -> dict[str, float]:
+    """Flat numbers for MLflow (``test/mIoU``, ``test/IoU/<class>``...), undefined ones dropped.
+
+    Args:
+        metrics: the result of :func:`evaluation_metrics`.
+        total: the confusion matrix it was computed from.
+        prefix: key prefix, e.g. ``test/``.
+    """
+    names = list(metrics["per_class"])
+    flat = summary(total, names, prefix=prefix)
+    flat[f"{prefix}micro_IoU"] = metrics["micro"]["iou"]
+    flat[f"{prefix}mIoU_per_image"] = metrics["per_image"]["iou"]
+    for name, scores in metrics["per_class"].items():
+        flat[f"{prefix}Precision/{name}"] = scores["precision"]
+        flat[f"{prefix}Recall/{name}"] = scores["recall"]
+    return {k: float(v) for k, v in flat.items() if math.isfinite(v)}

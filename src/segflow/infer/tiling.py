@@ -33,13 +33,28 @@ def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
     return [round(i * step) for i in range(n)]
 
 
-def tile_origins(height: int, width: int, tile: int, overlap: float) -> list[tuple[int, int]]:
-    """``(y, x)`` top-left corners of the tiles covering a ``height x width`` image, row-major."""
-    return [
-        (y, x)
-        for y in tile_starts(height, tile, overlap)
-        for x in tile_starts(width, tile, overlap)
-    ]
+def tile_origins(
+    height: int, width: int, tile: int, overlap: float, tile_w: int | None = None
+) -> list[tuple[int, int]]:
+    """``(y, x)`` top-left corners of the tiles covering a ``height x width`` image, row-major.
+
+    Tiles are ``tile x tile``, or ``tile x tile_w`` when ``tile_w`` is given.
+    """
+    xs = tile_starts(width, tile if tile_w is None else tile_w, overlap)
+    return [(y, x) for y in tile_starts(height, tile, overlap) for x in xs]
+
+
+def fit_tile(height: int, width: int, tile: int, divisor: int) -> tuple[int, int]:
+    """Tile ``(h, w)`` for an image already padded to a multiple of ``divisor``.
+
+    An axis shorter than ``tile`` gets a tile of its own length (rounded up to ``divisor``), so a
+    small image is one tile of its own size rather than padded up to ``tile``.
+    """
+    tile = max(divisor, (tile // divisor) * divisor)
+    return (
+        min(tile, math.ceil(height / divisor) * divisor),
+        min(tile, math.ceil(width / divisor) * divisor),
+    )
 
 
 def gaussian_weights(

@@ -5,10 +5,14 @@ Layout (see ARCHITECTURE.md)::
     NAME.segflow/
       bundle.yaml          # BundleMeta below: classes, network, normalisation, tiling, metrics...
       weights.safetensors  # the state dict; its sha256 is in bundle.yaml
+      model.onnx, model.ts # optional exports (segflow.export), each listed under ``exports``
 
 Nothing is ever unpickled: weights are safetensors only, metadata is YAML read with
 ``yaml.safe_load``. Saving is atomic: the new bundle is written into a temporary sibling folder and
 renamed into place; an existing bundle is replaced only once the new one is complete.
+An export adds its file next to the weights and its :class:`ExportInfo` to ``bundle.yaml``
+(:func:`record_export`, atomic); saving a bundle again drops every export, since the new weights
+no longer match them.
 """
 
 from __future__ import annotations
@@ -20,18 +24,21 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from segflow._version import __version__
 from segflow.config import PreprocessConfig
-from segflow.data.dataset import ClassInfo, FlowList, dump_yaml, now_iso
+from segflow.data.dataset import ClassInfo, FlowList, atomic_write_text, dump_yaml, now_iso
+from segflow.data.preprocess import Normalization
 from segflow.errors import ConfigError, DataError, UsageError, validation_message
 from segflow.models.factory import canonical_arch, create_model
+
+if TYPE_CHECKING:
+    import torch
 
 BUNDLE_SUFFIX = ".segflow"
 META_FILE = "bundle.yaml"
@@ -57,18 +64,41 @@ class InferenceSettings(_Strict):
     batch_size: int = Field(4, ge=1, description="tiles per forward pass")
 
 
-class Normalization(_Strict):
-    """``(pixel / scale - mean) / std`` per channel, applied after preprocessing."""
+class Parity(_Strict):
+    """How closely an export reproduced eager PyTorch on seeded random inputs."""
 
-    scale: float = Field(gt=0, description="pixel values are divided by this first (255 for 8-bit)")
-    mean: list[float] = Field(description="per-channel mean after scaling")
-    std: list[float] = Field(description="per-channel standard deviation after scaling")
+    max_abs_diff: float = Field(ge=0, description="largest |logit difference| over every input")
+    argmax_agreement: float = Field(
+        ge=0, le=1, description="share of the tested pixels with the same class decision"
+    )
+    tolerance: float = Field(gt=0, description="the max_abs_diff the export had to stay within")
+    min_agreement: float = Field(
+        ge=0, le=1, description="the argmax_agreement the export had to reach"
+    )
+    inputs: list[list[int]] = Field(description="input shapes tested, N x C x H x W")
 
-    @field_validator("std")
+
+class ExportInfo(_Strict):
+    """One exported model file inside the bundle, as ``bundle.yaml`` lists it under ``exports``."""
+
+    file: str = Field(
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$",
+        description="plain file name inside the bundle folder (no path separators)",
+    )
+    format: Literal["onnx", "torchscript"] = Field(description="the file's format")
+    opset: int | None = Field(None, ge=1, description="ONNX opset (None for TorchScript)")
+    exporter: str = Field(description="the tool that wrote the file, e.g. torch.jit.trace")
+    torch_version: str = Field(description="torch version that exported")
+    created_at: str = Field(default_factory=now_iso, description="UTC time of export, ISO 8601")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the file")
+    dynamic_axes: list[str] = Field(description="input axes that may vary: batch, height, width")
+    parity: Parity = Field(description="agreement with eager PyTorch, checked before writing")
+
+    @field_validator("file")
     @classmethod
-    def _positive(cls, value: list[float]) -> list[float]:
-        if any(s <= 0 for s in value):
-            raise ValueError("every std must be > 0")
+    def _not_ours(cls, value: str) -> str:
+        if value == META_FILE or value.endswith(".safetensors"):
+            raise ValueError(f"{value!r} is reserved for the bundle's metadata and weights")
         return value
 
 
@@ -107,6 +137,9 @@ class BundleMeta(_Strict):
         description="weights file inside the bundle folder",
     )
     weights_sha256: str = Field("", pattern=r"^([0-9a-f]{64})?$", description="set by save_bundle")
+    exports: dict[str, ExportInfo] = Field(
+        default_factory=dict, description="exported model files by format (onnx, torchscript)"
+    )
 
     @field_validator("arch")
     @classmethod
@@ -149,6 +182,9 @@ class BundleMeta(_Strict):
                 f"normalization mean/std need {self.in_channels} values (in_channels), "
                 f"got {len(norm.mean)} and {len(norm.std)}"
             )
+        for key, info in self.exports.items():
+            if key != info.format:
+                raise ValueError(f"exports.{key} holds a {info.format} export")
         return self
 
 
@@ -176,11 +212,16 @@ def _dump_meta(meta: BundleMeta) -> str:
     for key in ("mean", "std"):
         data["normalization"][key] = FlowList(data["normalization"][key])
     data["inference"]["tta"] = FlowList(data["inference"]["tta"])
+    for info in data["exports"].values():
+        info["dynamic_axes"] = FlowList(info["dynamic_axes"])
+        info["parity"]["inputs"] = [FlowList(shape) for shape in info["parity"]["inputs"]]
     return "# segflow model bundle: load with segflow.models.bundle.load_bundle\n" + dump_yaml(data)
 
 
 def _tensors_for_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The state dict on the CPU, contiguous, each tensor owning its memory (safetensors' rule)."""
+    import torch
+
     out: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for key, value in model.state_dict().items():
@@ -218,7 +259,7 @@ def save_bundle(path: str | os.PathLike[str], model: torch.nn.Module, meta: Bund
 
     The folder is written next to ``path`` under a temporary name and renamed into place; an
     existing bundle is replaced only after the new one is complete. ``meta.weights_sha256`` is
-    computed here.
+    computed here; ``meta.exports`` is emptied (exports are made from a saved bundle).
 
     Returns:
         The bundle folder.
@@ -241,7 +282,8 @@ def save_bundle(path: str | os.PathLike[str], model: torch.nn.Module, meta: Bund
         tmp.mkdir()
         weights = tmp / meta.weights_file
         save_file(_tensors_for_save(model), weights, metadata={"format": "pt"})
-        data = {**meta.model_dump(mode="json"), "weights_sha256": _sha256(weights)}
+        # Exports belong to the weights they were made from: a new save starts without any.
+        data = {**meta.model_dump(mode="json"), "weights_sha256": _sha256(weights), "exports": {}}
         try:
             final = BundleMeta.model_validate(data)
         except ValidationError as exc:
@@ -370,3 +412,46 @@ def load_bundle(
         ) from None
     model.to(device).eval()
     return LoadedBundle(model=model, meta=meta, path=folder)
+
+
+def record_export(path: str | os.PathLike[str], info: ExportInfo) -> BundleMeta:
+    """List ``info`` under ``exports`` in the bundle's ``bundle.yaml`` (replacing that format's entry).
+
+    ``bundle.yaml`` is rewritten through a temporary file and ``os.replace``; the weights are not
+    touched. The export file must already be in the bundle with the recorded sha256.
+
+    Returns:
+        The updated metadata.
+    """
+    folder = _bundle_folder(path)
+    meta = read_bundle_meta(folder)
+    file = folder / info.file
+    if not file.is_file() or _sha256(file) != info.sha256:
+        raise DataError(file, "missing or not the file just exported; export again")
+    exports = {**meta.exports, info.format: info}
+    updated = BundleMeta.model_validate({**meta.model_dump(), "exports": exports})
+    atomic_write_text(folder / META_FILE, _dump_meta(updated))
+    return updated
+
+
+def export_file(path: str | os.PathLike[str], meta: BundleMeta, format: str) -> Path:
+    """The bundle's ``format`` export file, after checking it against ``bundle.yaml``'s sha256.
+
+    Raises:
+        DataError: no such export in ``bundle.yaml``, the file is missing, or it was changed.
+    """
+    folder = _bundle_folder(path)
+    info = meta.exports.get(format)
+    if info is None:
+        raise DataError(
+            folder / META_FILE,
+            f"no {format} export listed; run `segflow export {folder} --format {format}` first",
+        )
+    file = folder / info.file
+    if not file.is_file():
+        raise DataError(file, "missing: export the bundle again")
+    if _sha256(file) != info.sha256:
+        raise DataError(
+            file, f"{info.file} does not match bundle.yaml (corrupted or edited): export again"
+        )
+    return file

@@ -11,12 +11,13 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from segflow.errors import ConfigError
 from segflow.models.weights import WEIGHT_SUFFIXES, load_encoder_weights
+
+if TYPE_CHECKING:
+    import torch
 
 #: SMP architectures by canonical name (``smp.MODEL_ARCHITECTURES_MAPPING``; a test keeps them equal).
 # fmt: off

@@ -13,11 +13,12 @@ import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from segflow.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("segflow.models")
 
@@ -37,6 +38,8 @@ def read_weights_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
     A checkpoint wrapping its weights in a ``state_dict`` or ``model`` key is unwrapped.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"encoder weights file not found: {path}")
@@ -198,6 +201,8 @@ def load_encoder_weights(model: torch.nn.Module, path: str | os.PathLike[str]) -
     Names may differ by a prefix (``encoder.``, ``module.``...); a classification head in the file
     is ignored; a 3-channel first convolution is adapted to the model's input channels.
     """
+    import torch
+
     path = Path(path)
     encoder = getattr(model, "encoder", None)
     if not isinstance(encoder, torch.nn.Module):

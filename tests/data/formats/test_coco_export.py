@@ -191,7 +191,10 @@ def test_cli_export(tmp_path: Path, cli) -> None:
     assert cli("export", "coco", ds, tmp_path / "out.json", "--overwrite").exit_code == 0
     unknown = cli("export", "onnx", ds, tmp_path / "x.json")
     assert unknown.exit_code == 2
-    assert unknown.stderr == "error: unknown export target 'onnx'; dataset formats: coco\n"
+    assert unknown.stderr == (
+        "error: unknown export target 'onnx': give a bundle folder (NAME.segflow) or a dataset "
+        "format (coco) (models: segflow export BUNDLE --format onnx)\n"
+    )
     extra = cli("export", "coco", ds, tmp_path / "a.json", tmp_path / "b.json")
     assert extra.exit_code == 2 and "takes DATASET OUT, got 3 path(s)" in extra.stderr
     missing = cli("export", "coco", tmp_path / "nope", tmp_path / "y.json")

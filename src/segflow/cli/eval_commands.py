@@ -1,0 +1,114 @@
+"""Evaluation command: ``eval``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from segflow.cli._common import cli_errors, console
+
+
+def parse_tta(value: str | None) -> list[str] | None:
+    """``"h,v"`` -> ``["h", "v"]``; ``"none"`` -> ``[]`` (TTA off); None keeps the bundle's."""
+    if value is None:
+        return None
+    if value.strip().lower() in ("none", "off", ""):
+        return []
+    return [t.strip() for t in value.split(",") if t.strip()]
+
+
+def _fmt(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.4f}"
+
+
+def _quiet_mlflow() -> None:
+    """Keep MLflow's and alembic's INFO chatter out of the terminal (warnings still show)."""
+    import logging
+    import os
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@cli_errors
+def eval_(
+    bundle: Annotated[Path, typer.Argument(help="Model bundle folder (NAME.segflow).")],
+    dataset: Annotated[Path, typer.Argument(help="Canonical dataset folder with masks.")],
+    split: Annotated[str, typer.Option(help="train, val, test (from splits.csv) or all.")] = "test",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Output folder (default: RUN/eval_SPLIT/ beside a run's bundle, else "
+            "./eval_BUNDLE_SPLIT/)."
+        ),
+    ] = None,
+    roi: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of region-of-interest masks, one per image (same stem, non-zero = scored)."
+        ),
+    ] = None,
+    backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
+    device: Annotated[
+        str, typer.Option(help="auto, cpu, cuda, cuda:1... (torch backend).")
+    ] = "auto",
+    tta: Annotated[
+        str | None,
+        typer.Option(
+            help="Flips averaged in: h, v, hv (comma-separated) or none; default: the bundle's."
+        ),
+    ] = None,
+    with_: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--with", metavar="BUNDLE2", help="Another bundle to ensemble with BUNDLE (repeatable)."
+        ),
+    ] = None,
+    worst_k: Annotated[int, typer.Option(help="Worst and best images to picture.")] = 8,
+) -> None:
+    """Score a model on a dataset split: metrics.json, per_image.csv and report.html."""
+    from rich.table import Table
+
+    from segflow.evaluate.evaluator import evaluate
+
+    _quiet_mlflow()
+    bundles = [bundle, *(with_ or [])]
+    result = evaluate(
+        bundles if len(bundles) > 1 else bundle,
+        dataset,
+        split=split,
+        out=out,
+        roi=roi,
+        backend=backend,
+        device=device,
+        tta=parse_tta(tta),
+        worst_k=worst_k,
+        progress=True,
+    )
+    m = result.metrics
+    table = Table(title=f"{m['bundle']['name']} on {m['dataset']['name']}/{m['split']}: "
+                  f"{m['n_images']} images")  # fmt: skip
+    for col in ("class", "IoU", "Dice", "precision", "recall"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for name, s in m["per_class"].items():
+        table.add_row(
+            name, _fmt(s["iou"]), _fmt(s["dice"]), _fmt(s["precision"]), _fmt(s["recall"])
+        )
+    con = console()
+    con.print(table)
+    con.print(
+        f"mIoU {_fmt(m['macro']['iou'])}  mDice {_fmt(m['macro']['dice'])}  (macro over classes; "
+        f"without background: mIoU {_fmt(m['macro_fg']['iou'])})",
+        soft_wrap=True,
+    )
+    con.print(f"pixel accuracy {_fmt(m['micro']['accuracy'])} (micro)", soft_wrap=True)
+    con.print(f"report: {result.report}", soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the evaluation command to ``app``."""
+    app.command("eval", no_args_is_help=True)(eval_)

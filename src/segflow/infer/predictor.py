@@ -1,0 +1,400 @@
+"""The Predictor: a bundle (or several) -> masks for images of any size.
+
+For each model: preprocess as in training (channels, ROI, resize, CLAHE, diffusion, normalisation),
+pad to the network stride, run overlapping tiles in batches through a backend (torch or
+onnxruntime), turn logits into probabilities (sigmoid / softmax), average test-time flips per
+tile, blend tiles with a Gaussian importance map, crop the padding, undo the ROI/resize. Several
+models are averaged in probability space or by majority vote. Then threshold (binary) or argmax,
+and post-process per class.
+
+Tiles are streamed in row-major order and finished rows leave the accumulators at once, so the
+float32 accumulators only span about one tile row; for a large image without ROI/resize steps
+the probabilities are never held whole unless asked for.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from segflow.data import image_io
+from segflow.data.dataset import ClassInfo
+from segflow.data.preprocess import Geometry, Preprocessor
+from segflow.errors import DataError, UsageError
+from segflow.infer.backends import Backend, resolve_backend_name
+from segflow.infer.postprocess import PostProcess, postprocess
+from segflow.infer.tiling import fit_tile, gaussian_weights, padded_size, tile_starts
+
+if TYPE_CHECKING:
+    from segflow.models.bundle import BundleMeta
+
+log = logging.getLogger("segflow.infer")
+
+#: Networks need sizes divisible by this (5 downsamplings).
+DIVISOR = 32
+TTA_FLIPS = ("h", "v", "hv")
+
+
+@dataclass(frozen=True)
+class GeoInfo:
+    """Georeferencing of a GeoTIFF input (kept for georeferenced outputs)."""
+
+    crs: str | None
+    transform: tuple[float, float, float, float, float, float]
+
+
+@dataclass
+class Prediction:
+    """The result for one image, at its original size."""
+
+    labels: np.ndarray  # H x W uint8 class ids
+    probs: np.ndarray | None  # K x H x W float32 probabilities, when asked
+    stem: str
+    source: Path | None = None
+    geo: GeoInfo | None = None
+    image: np.ndarray | None = field(default=None, repr=False)  # the input, for overlays
+
+
+@dataclass
+class _Member:
+    """One model of the ensemble, with its own preprocessing and tiling."""
+
+    meta: BundleMeta
+    backend: Backend
+    preprocessor: Preprocessor
+    tile: int
+    overlap: float
+    blend: str
+    batch: int
+    tta: tuple[str, ...]
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.meta.task == "binary" else len(self.meta.classes)
+
+
+def _activate(logits: np.ndarray, binary: bool) -> np.ndarray:
+    """Sigmoid of the one binary logit, or softmax over the class axis (numerically stable)."""
+    if binary:
+        out: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))
+        return out
+    shifted: np.ndarray = logits - logits.max(axis=1, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=1, keepdims=True)
+    return shifted
+
+
+def _flip(batch: np.ndarray, kind: str) -> np.ndarray:
+    axes = {"h": (3,), "v": (2,), "hv": (2, 3)}[kind]
+    return np.flip(batch, axis=axes)
+
+
+class Predictor:
+    """Predict masks with one bundle or an ensemble of bundles.
+
+    Build with :meth:`from_bundles`. ``predict_array`` works on arrays, ``predict_path`` on files
+    (GeoTIFF georeferencing kept), ``predict`` on files, folders and glob patterns.
+    """
+
+    def __init__(
+        self,
+        members: Sequence[_Member],
+        *,
+        combine: Literal["mean", "vote"] = "mean",
+        threshold: float | None = None,
+        post: PostProcess | None = None,
+    ) -> None:
+        if not members:
+            raise UsageError("a Predictor needs at least one bundle")
+        first = members[0].meta
+        for m in members[1:]:
+            if [c.name for c in m.meta.classes] != [
+                c.name for c in first.classes
+            ] or m.meta.task != first.task:
+                raise DataError(
+                    None,
+                    f"ensemble bundles disagree on classes/task: {m.meta.name} has "
+                    f"{[c.name for c in m.meta.classes]} ({m.meta.task}), {first.name} has "
+                    f"{[c.name for c in first.classes]} ({first.task})",
+                )
+        self.members = list(members)
+        self.combine = combine
+        self.classes: list[ClassInfo] = list(first.classes)
+        self.task = first.task
+        self.ignore_index = first.ignore_index
+        self.threshold = first.threshold if threshold is None else threshold
+        self.post = (
+            post if post is not None else PostProcess.model_validate(first.postprocess or {})
+        )
+
+    # -- construction ----------------------------------------------------------------------------
+    @classmethod
+    def from_bundles(
+        cls,
+        bundles: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+        *,
+        backend: str = "auto",
+        device: str = "auto",
+        tta: Sequence[str] | None = None,
+        tile_size: int | None = None,
+        overlap: float | None = None,
+        batch_size: int | None = None,
+        threshold: float | None = None,
+        postprocess: PostProcess | dict[str, Any] | None = None,
+        combine: Literal["mean", "vote"] = "mean",
+        threads: int | None = None,
+    ) -> Predictor:
+        """Load bundles (paths to ``NAME.segflow`` folders) with their inference settings.
+
+        Every keyword left at None keeps the bundle's own setting. ``backend``: ``auto`` (ONNX
+        when the bundle has ``model.onnx`` and onnxruntime is installed, else torch), ``torch``,
+        ``onnx``. With the ONNX backend torch is never imported.
+        """
+        from segflow.models.bundle import read_bundle_meta
+
+        paths = (
+            [Path(bundles)]
+            if isinstance(bundles, str | os.PathLike)
+            else [Path(b) for b in bundles]
+        )
+        if tta is not None:
+            bad = [t for t in tta if t not in TTA_FLIPS]
+            if bad:
+                raise UsageError(f"unknown TTA flip(s) {bad}; valid: {', '.join(TTA_FLIPS)}")
+        if overlap is not None and not 0 <= overlap < 1:
+            raise UsageError(f"--overlap {overlap} must be in [0, 1)")
+        members = []
+        for path in paths:
+            meta = read_bundle_meta(path)
+            name = resolve_backend_name(backend, path)
+            if name == "onnx":
+                from segflow.infer.onnx_backend import OnnxBackend
+
+                engine: Backend = OnnxBackend(path, threads=threads)
+            else:
+                from segflow.infer.backends import TorchBackend
+                from segflow.models.bundle import load_bundle
+
+                engine = TorchBackend(load_bundle(path), device=device)
+            settings = meta.inference
+            pre = Preprocessor(_preprocess_config(meta), meta.in_channels, meta.normalization)
+            members.append(
+                _Member(
+                    meta=meta,
+                    backend=engine,
+                    preprocessor=pre,
+                    tile=tile_size or settings.tile_size,
+                    overlap=settings.overlap if overlap is None else overlap,
+                    blend=settings.blend,
+                    batch=batch_size or settings.batch_size,
+                    tta=tuple(settings.tta if tta is None else tta),
+                )
+            )
+        post = (
+            postprocess
+            if isinstance(postprocess, PostProcess) or postprocess is None
+            else PostProcess.model_validate(postprocess)
+        )
+        return cls(members, combine=combine, threshold=threshold, post=post)
+
+    @property
+    def backend_name(self) -> str:
+        """The backend of the first model (``torch`` or ``onnx``)."""
+        return str(getattr(self.members[0].backend, "name", "custom"))
+
+    # -- prediction --------------------------------------------------------------------------------
+    def predict_array(
+        self, image: np.ndarray, *, probs: bool = False, stem: str = ""
+    ) -> Prediction:
+        """Predict one ``H x W x C`` (or ``H x W``) image in its stored dtype."""
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if image.ndim != 3 or min(image.shape[:2]) < 1:
+            raise DataError(None, f"expected an H x W x C image, got shape {image.shape}")
+        if len(self.members) == 1 and not probs and _identity(self.members[0], image):
+            labels = self._labels_streamed(self.members[0], image)
+            return Prediction(postprocess(labels, self.post), None, stem)
+        full = [self._member_probs(m, image) for m in self.members]
+        if self.combine == "vote" and len(full) > 1:
+            votes = np.stack([self._labels_from_probs(p) for p in full])
+            k = len(self.classes)
+            counts = np.stack([(votes == c).sum(axis=0) for c in range(k)])
+            labels = counts.argmax(axis=0).astype(np.uint8)
+            mean = np.mean(full, axis=0)
+        else:
+            mean = full[0] if len(full) == 1 else np.mean(full, axis=0)
+            labels = self._labels_from_probs(mean)
+        class_probs = None
+        if probs:
+            class_probs = np.concatenate([1.0 - mean, mean]) if self.task == "binary" else mean
+            class_probs = class_probs.astype(np.float32)
+        return Prediction(postprocess(labels, self.post), class_probs, stem)
+
+    def predict_path(self, path: str | os.PathLike[str], *, probs: bool = False) -> Prediction:
+        """Predict an image file; GeoTIFF georeferencing is kept in ``Prediction.geo``."""
+        p = Path(path)
+        image = image_io.read_image(p)
+        pred = self.predict_array(image, probs=probs, stem=p.stem)
+        pred.source, pred.geo, pred.image = p, read_geo(p), image
+        return pred
+
+    def predict(
+        self,
+        inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        *,
+        probs: bool = False,
+    ) -> Iterator[Prediction]:
+        """Predict files, folders (their images) and glob patterns, in order."""
+        for path in expand_inputs(inputs):
+            yield self.predict_path(path, probs=probs)
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _labels_from_probs(self, probs: np.ndarray) -> np.ndarray:
+        labels: np.ndarray
+        if self.task == "binary":
+            labels = (probs[0] > self.threshold).astype(np.uint8)
+        else:
+            labels = probs.argmax(axis=0).astype(np.uint8)
+        return labels
+
+    def _prepare(self, m: _Member, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
+        x, geom = m.preprocessor.image(image)
+        x = m.preprocessor.normalize(x)
+        return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32), geom
+
+    def _member_probs(self, m: _Member, image: np.ndarray) -> np.ndarray:
+        """Probabilities (binary: 1 x H x W foreground, else K x H x W) at the original size."""
+        x, geom = self._prepare(m, image)
+        h, w = x.shape[1:]
+        out = np.empty((m.channels, h, w), dtype=np.float32)
+        for y0, y1, strip in self._stream(m, x):
+            out[:, y0:y1] = strip
+        if geom.processed == geom.original and geom.roi == (
+            0,
+            0,
+            geom.original[1],
+            geom.original[0],
+        ):
+            return out
+        return m.preprocessor.restore(out, geom)
+
+    def _labels_streamed(self, m: _Member, image: np.ndarray) -> np.ndarray:
+        x, _ = self._prepare(m, image)
+        labels = np.empty(x.shape[1:], dtype=np.uint8)
+        for y0, y1, strip in self._stream(m, x):
+            labels[y0:y1] = self._labels_from_probs(strip)
+        return labels
+
+    def _stream(self, m: _Member, x: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Yield ``(y0, y1, probs[:, y0:y1])`` for finished rows of the unpadded image."""
+        _, h, w = x.shape
+        ph, pw = padded_size(h, w, DIVISOR)
+        th, tw = fit_tile(ph, pw, m.tile, DIVISOR)
+        if (ph, pw) != (h, w):
+            x = np.pad(x, ((0, 0), (0, ph - h), (0, pw - w)))
+        ys, xs = tile_starts(ph, th, m.overlap), tile_starts(pw, tw, m.overlap)
+        weight = (
+            gaussian_weights(th, tw) if m.blend == "gaussian" else np.ones((th, tw), np.float32)
+        )
+        k = m.channels
+        lo = 0  # first row not yet yielded
+        acc = np.zeros((k, 0, pw), np.float32)
+        norm = np.zeros((0, pw), np.float32)
+        origins = [(y, xx) for y in ys for xx in xs]
+        done_rows = 0  # tile rows fully accumulated
+        for start in range(0, len(origins), m.batch):
+            chunk = origins[start : start + m.batch]
+            batch = np.stack([x[:, y : y + th, xx : xx + tw] for y, xx in chunk])
+            probs = self._tile_probs(m, batch)
+            need = max(y for y, _ in chunk) + th - lo
+            if need > acc.shape[1]:
+                grow = need - acc.shape[1]
+                acc = np.concatenate([acc, np.zeros((k, grow, pw), np.float32)], axis=1)
+                norm = np.concatenate([norm, np.zeros((grow, pw), np.float32)], axis=0)
+            for (y, xx), p in zip(chunk, probs, strict=True):
+                acc[:, y - lo : y - lo + th, xx : xx + tw] += p * weight
+                norm[y - lo : y - lo + th, xx : xx + tw] += weight
+            finished = (start + len(chunk)) // len(xs)
+            if finished > done_rows:
+                done_rows = finished
+                until = ys[done_rows] if done_rows < len(ys) else ph
+                rows = until - lo
+                if rows > 0:
+                    strip = acc[:, :rows] / norm[:rows]
+                    y1 = min(until, h)
+                    if lo < h:
+                        yield lo, y1, strip[:, : y1 - lo, :w]
+                    acc = np.ascontiguousarray(acc[:, rows:])
+                    norm = np.ascontiguousarray(norm[rows:])
+                    lo = until
+
+    def _tile_probs(self, m: _Member, batch: np.ndarray) -> np.ndarray:
+        binary = m.meta.task == "binary"
+        probs = _activate(m.backend(batch), binary)
+        for kind in m.tta:
+            flipped = m.backend(np.ascontiguousarray(_flip(batch, kind)))
+            probs += _flip(_activate(flipped, binary), kind)
+        if m.tta:
+            probs /= 1 + len(m.tta)
+        return probs
+
+
+def _identity(m: _Member, image: np.ndarray) -> bool:
+    """True when preprocessing keeps the geometry (labels can be streamed straight out)."""
+    cfg = m.preprocessor.cfg
+    return cfg.roi is None and cfg.resize is None
+
+
+def _preprocess_config(meta: BundleMeta) -> Any:
+    from segflow.config import PreprocessConfig
+
+    return PreprocessConfig.model_validate(meta.preprocess)
+
+
+def read_geo(path: Path) -> GeoInfo | None:
+    """CRS and affine transform of a georeferenced TIFF (None for anything else)."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    import warnings
+
+    import rasterio
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            if src.crs is None and src.transform.is_identity:
+                return None
+            t = src.transform
+            return GeoInfo(src.crs.to_wkt() if src.crs else None, (t.a, t.b, t.c, t.d, t.e, t.f))
+
+
+def expand_inputs(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Files, folders (images directly inside) and glob patterns -> image files, sorted per item."""
+    items = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and image_io.is_image_file(f))
+            if not found:
+                raise DataError(p, "no images in this folder")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        elif any(ch in str(item) for ch in "*?["):
+            # glob.glob, not Path.glob: the pattern may be absolute or contain "**".
+            matches = glob.glob(str(item), recursive=True)  # noqa: PTH207
+            found = sorted(Path(f) for f in matches if image_io.is_image_file(Path(f)))
+            if not found:
+                raise DataError(p, "no image matches this pattern")
+            out += found
+        else:
+            raise DataError(p, "input not found")
+    return out
