@@ -15,6 +15,7 @@ Each runs in a fresh subprocess so that peak RSS is its own. Goals (issue 4): se
 throughput >= 1.5; segflow / raw >= 0.90.
 
     python benchmarks/tiled_inference.py [--size 4096] [--tile 512] [--threads N] [--batch 4]
+                                         [--repeat 2]
 """
 
 from __future__ import annotations
@@ -44,7 +45,14 @@ def _make(work: Path, size: int, tile: int) -> tuple[Path, Path]:
     from segflow.models.factory import create_model
 
     torch.manual_seed(0)
-    model = create_model("Unet", "resnet34", in_channels=3, classes=3).eval()
+    model = create_model("Unet", "resnet34", in_channels=3, classes=3)
+    # Give BatchNorm the running statistics of real activations, as training would: with the
+    # initial ones an untrained ResNet's logits reach ~100 and float32 rounding alone exceeds the
+    # export's 1e-4 parity tolerance (they stay near 1 after this, as a trained model's do).
+    with torch.no_grad():
+        for _ in range(5):
+            model(torch.randn(4, 3, 256, 256))
+    model.eval()
     meta = BundleMeta(
         name="bench",
         task="multiclass",
@@ -74,8 +82,14 @@ def _make(work: Path, size: int, tile: int) -> tuple[Path, Path]:
     return bundle, path
 
 
-def _child(kind: str, bundle: Path, image_path: Path, tile: int, batch: int, threads: int) -> None:
-    """Run one contender and print a JSON line: seconds, peak RSS, a checksum of the labels."""
+def _child(
+    kind: str, bundle: Path, image_path: Path, tile: int, batch: int, threads: int, repeat: int
+) -> None:
+    """Run one contender ``repeat`` times; print a JSON line: best seconds, peak RSS, label counts.
+
+    The best of several runs (as ``timeit`` reports) is the figure least disturbed by other work
+    on the machine.
+    """
     image = np.load(image_path)
     if kind == "segflow":
         from segflow.infer.predictor import Predictor
@@ -84,9 +98,11 @@ def _child(kind: str, bundle: Path, image_path: Path, tile: int, batch: int, thr
             bundle, backend="onnx", tile_size=tile, overlap=0.25, batch_size=batch, threads=threads
         )
         predictor.predict_array(image[:tile, :tile])  # warm-up (session, allocations)
-        start = time.perf_counter()
-        labels = predictor.predict_array(image).labels
-        seconds = time.perf_counter() - start
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            labels = predictor.predict_array(image).labels
+            times.append(time.perf_counter() - start)
         assert "torch" not in sys.modules, "the ONNX path imported torch"
     elif kind == "raw":
         from segflow.infer.onnx_backend import OnnxBackend
@@ -99,15 +115,17 @@ def _child(kind: str, bundle: Path, image_path: Path, tile: int, batch: int, thr
         origins = tile_origins(x.shape[1], x.shape[2], tile, 0.25)
         gaussian_weights(tile, tile)
         backend(np.ascontiguousarray(x[None, :, :tile, :tile]))
-        start = time.perf_counter()
-        for i in range(0, len(origins), batch):
-            chunk = origins[i : i + batch]
-            backend(
-                np.ascontiguousarray(
-                    np.stack([x[:, y : y + tile, xx : xx + tile] for y, xx in chunk])
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            for i in range(0, len(origins), batch):
+                chunk = origins[i : i + batch]
+                backend(
+                    np.ascontiguousarray(
+                        np.stack([x[:, y : y + tile, xx : xx + tile] for y, xx in chunk])
+                    )
                 )
-            )
-        seconds = time.perf_counter() - start
+            times.append(time.perf_counter() - start)
         labels = np.zeros(image.shape[:2], np.uint8)
     else:
         import torch
@@ -121,19 +139,23 @@ def _child(kind: str, bundle: Path, image_path: Path, tile: int, batch: int, thr
         std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
         with torch.inference_mode():
             model(torch.zeros(1, 3, tile, tile))
-            start = time.perf_counter()
-            x = (torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0 - mean) / std
-            logits = sliding_window_inference(
-                x, (tile, tile), batch, model, overlap=0.25, mode="gaussian"
-            )
-            labels = logits.argmax(1)[0].numpy().astype(np.uint8)
-            seconds = time.perf_counter() - start
+            times = []
+            for _ in range(repeat):
+                start = time.perf_counter()
+                x = (torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0 - mean) / std
+                logits = sliding_window_inference(
+                    x, (tile, tile), batch, model, overlap=0.25, mode="gaussian"
+                )
+                labels = logits.argmax(1)[0].numpy().astype(np.uint8)
+                del logits, x
+                times.append(time.perf_counter() - start)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         json.dumps(
             {
                 "kind": kind,
-                "seconds": seconds,
+                "seconds": min(times),
+                "all_seconds": times,
                 "peak_rss_mb": peak_mb,
                 "labels": [int((labels == c).sum()) for c in range(3)],
             }
@@ -149,13 +171,14 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--repeat", type=int, default=2, help="timed runs each (best is kept)")
     parser.add_argument(
         "--child", nargs=3, metavar=("KIND", "BUNDLE", "IMAGE"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     if args.child:
         kind, bundle, image = args.child
-        _child(kind, Path(bundle), Path(image), args.tile, args.batch, args.threads)
+        _child(kind, Path(bundle), Path(image), args.tile, args.batch, args.threads, args.repeat)
         return
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "NO_ALBUMENTATIONS_UPDATE": "1"}
     with tempfile.TemporaryDirectory(prefix="segflow-tiles-") as tmp:
@@ -176,6 +199,8 @@ def main() -> None:
                     str(args.batch),
                     "--threads",
                     str(args.threads),
+                    "--repeat",
+                    str(args.repeat),
                 ],
                 capture_output=True,
                 text=True,

@@ -19,8 +19,28 @@ def test_quickstart_runs_every_stage(cli, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "qs"
     res = cli("quickstart", "--out", out)
     assert res.exit_code == 0, res.stderr
-    for cmd in ("segflow import masks", "segflow check", "segflow split", "segflow train"):
+    for cmd in (
+        "segflow import masks",
+        "segflow check",
+        "segflow split",
+        "segflow train",
+        "segflow eval",
+        "segflow export",
+        "segflow predict",
+    ):
         assert cmd in res.stdout
+    bundle_dir = out / "runs" / "nuclei" / "best.segflow"
+    assert (bundle_dir / "model.onnx").is_file()
+    assert (out / "runs" / "nuclei" / "eval_test" / "report.html").is_file()
+    assert "test split: mIoU" in res.stdout
+    test_stems = [
+        line.split(",")[0]
+        for line in (out / "dataset" / "splits.csv").read_text().splitlines()[1:]
+        if line.split(",")[1] == "test"
+    ]
+    assert test_stems and sorted(
+        p.stem for p in (out / "predictions").glob("*.png") if not p.stem.endswith("_color")
+    ) == sorted(test_stems)
     assert (out / "dataset" / "qa_report.html").is_file() and (
         out / "dataset" / "splits.csv"
     ).is_file()

@@ -40,13 +40,21 @@ class QuickstartResult:
     outputs: dict[str, Path] = field(default_factory=dict)
     commands: list[str] = field(default_factory=list)
     best: float | None = None
+    test_metrics: dict[str, float] = field(default_factory=dict)
     mlflow_ui: str = ""
+
+
+def _split_images(dataset: Path, split: str) -> list[Path]:
+    """The image files of one split of ``dataset`` (from its ``splits.csv``)."""
+    from segflow.data.dataset import CanonicalDataset
+
+    return [s.image for s in CanonicalDataset(dataset).labelled_samples(split)]
 
 
 def run_quickstart(
     out: Path, *, overwrite: bool = False, progress: bool = False
 ) -> QuickstartResult:
-    """Run import -> check -> split -> train on the sample dataset inside ``out``."""
+    """Run import -> check -> split -> train -> eval -> export -> predict inside ``out``."""
     from segflow.api import check, import_dataset, split
 
     if out.exists():
@@ -90,6 +98,29 @@ def run_quickstart(
     result.outputs["bundle"] = trained.bundle
     result.outputs["curves"] = trained.run_dir / "curves.png"
     result.best = trained.best
+
+    from segflow.api import evaluate, export_model, predict
+
+    result.commands.append(f"segflow eval {trained.bundle} {dataset} --split test")
+    scores = evaluate(trained.bundle, dataset, split="test", progress=progress)
+    result.outputs["eval report"] = scores.report
+    result.test_metrics = {
+        "mIoU": float(scores.metrics["macro"]["iou"]),
+        "mDice": float(scores.metrics["macro"]["dice"]),
+        "nucleus Dice": float(scores.metrics["macro_fg"]["dice"]),
+    }
+
+    result.commands.append(f"segflow export {trained.bundle} --format onnx")
+    export_model(trained.bundle, format="onnx")
+    result.outputs["onnx model"] = trained.bundle / "model.onnx"
+
+    test_images = _split_images(dataset, "test")
+    predictions = out / "predictions"
+    result.commands.append(
+        f"segflow predict {trained.bundle} {dataset / 'images'}/<test images> --out {predictions}"
+    )
+    predict(trained.bundle, test_images, out=predictions, backend="onnx", progress=progress)
+    result.outputs["predictions"] = predictions
     result.mlflow_ui = (
         f"mlflow ui --backend-store-uri sqlite:///{(out / 'runs' / 'mlflow.db').resolve()}"
     )

@@ -14,7 +14,13 @@ from typing import Annotated
 import typer
 
 from segflow._version import __version__
-from segflow.cli import data_commands, eval_commands, infer_commands, train_commands
+from segflow.cli import (
+    data_commands,
+    eval_commands,
+    infer_commands,
+    serve_commands,
+    train_commands,
+)
 from segflow.cli._common import OneLineHandler, cli_errors, console, quiet_training_logs
 
 app = typer.Typer(
@@ -56,6 +62,7 @@ data_commands.register(app)
 train_commands.register(app)
 eval_commands.register(app)
 infer_commands.register(app)
+serve_commands.register(app)
 
 
 @app.command()
@@ -78,6 +85,9 @@ def quickstart(
         con.print(f"{name}: {path}")
     if result.best is not None:
         con.print(f"best validation mIoU: {result.best:.3f}")
+    if result.test_metrics:
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in result.test_metrics.items())
+        con.print(f"test split: {scores}")
     if result.mlflow_ui:
         con.print(f"see every metric in MLflow: {result.mlflow_ui}")
 
