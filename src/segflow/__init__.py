@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         export_model,
         import_dataset,
         predict,
+        serve,
         split,
     )
     from segflow.config import SegflowConfig, load_config
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from segflow.errors import DataError, SegflowError, UsageError
     from segflow.infer.predictor import Predictor
     from segflow.models.bundle import load_bundle
+    from segflow.serve import create_app
     from segflow.train.runner import train
 
 _EXPORTS = {
@@ -36,6 +38,8 @@ _EXPORTS = {
     "export_model": "segflow.api",
     "split": "segflow.api",
     "predict": "segflow.api",
+    "serve": "segflow.api",
+    "create_app": "segflow.serve",
     "Predictor": "segflow.infer.predictor",
     "train": "segflow.train.runner",
     "load_bundle": "segflow.models.bundle",
@@ -60,6 +64,7 @@ __all__ = [
     "UsageError",
     "__version__",
     "check",
+    "create_app",
     "evaluate",
     "export_dataset",
     "export_model",
@@ -67,6 +72,7 @@ __all__ = [
     "load_bundle",
     "load_config",
     "predict",
+    "serve",
     "split",
     "train",
 ]

@@ -278,3 +278,66 @@ def evaluate(
         worst_k=worst_k,
         progress=progress,
     )
+
+
+def serve(
+    bundle: PathLike,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 9009,
+    workers: int = 1,
+    api_key: str | None = None,
+    max_upload_mb: float = 20.0,
+    max_pixels: int = 40_000_000,
+    max_concurrency: int = 2,
+    max_queue: int = 32,
+    timeout: float = 60.0,
+    cors: Sequence[str] = (),
+    backend: str = "auto",
+    log_level: str = "info",
+) -> None:
+    """``segflow serve BUNDLE``: the HTTP API and web page over the bundle, until interrupted.
+
+    The ONNX backend is used when the bundle has ``model.onnx`` (``backend="auto"``). Requests
+    over ``max_upload_mb`` or ``max_pixels`` are refused before decoding; ``max_concurrency``
+    predictions run at once and ``max_queue`` more wait, the rest get 503 with ``Retry-After``;
+    ``timeout`` (seconds) bounds queueing plus prediction. With ``api_key`` set, ``/predict``
+    and ``/info`` need it in the ``X-API-Key`` header. ``cors`` lists the browser origins
+    allowed to call the API (none by default). See :func:`segflow.serve.create_app` to embed
+    the app in your own server.
+    """
+    from pydantic import ValidationError
+
+    from segflow.errors import UsageError
+    from segflow.serve.server import run_server
+    from segflow.serve.settings import ServeSettings
+
+    flags = {
+        "max_upload_bytes": "max_upload_mb",
+        "request_timeout_s": "timeout",
+        "cors_origins": "cors",
+    }
+    try:
+        settings = ServeSettings(
+            max_upload_bytes=round(max_upload_mb * 2**20),
+            max_pixels=max_pixels,
+            request_timeout_s=timeout,
+            max_concurrency=max_concurrency,
+            max_queue=max_queue,
+            api_key=api_key or None,
+            cors_origins=list(cors),
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "settings"
+        flag = flags.get(field, field).replace("_", "-")
+        raise UsageError(f"--{flag}: {first['msg']}") from None
+    run_server(
+        bundle,
+        host=host,
+        port=port,
+        workers=workers,
+        backend=backend,
+        settings=settings,
+        log_level=log_level,
+    )

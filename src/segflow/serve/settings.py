@@ -1,0 +1,60 @@
+"""Limits and switches of the HTTP server (``segflow serve`` flags map one to one onto these)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: 20 MiB: a 12-megapixel photo as PNG is 10-20 MB; larger scans should be tiled client-side or
+#: the limit raised (``--max-upload-mb``).
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+#: 40 megapixels (e.g. 6300 x 6300): the decoded image, its float32 copy and the label map stay
+#: under ~1 GB; the header is checked before any pixel is decoded.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+class ServeSettings(BaseModel):
+    """What the server accepts and how much work it takes on at once."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_upload_bytes: int = Field(
+        DEFAULT_MAX_UPLOAD_BYTES,
+        ge=1,
+        description="largest request body in bytes (the multipart upload with its headers); "
+        "counted while reading, larger bodies get 413",
+    )
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS,
+        ge=1,
+        description="largest image in pixels (width x height), read from the file header before "
+        "decoding; larger images get 413",
+    )
+    request_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="seconds a prediction may take, waiting in the queue included; "
+        "then 503 (still queued) or 504 (running)",
+    )
+    max_concurrency: int = Field(
+        2,
+        ge=1,
+        description="predictions running at once (each already uses every CPU core of the backend)",
+    )
+    max_queue: int = Field(
+        32,
+        ge=0,
+        description="predictions waiting for a free slot; beyond that requests get 503 with "
+        "Retry-After",
+    )
+    retry_after_s: int = Field(
+        2, ge=1, description="the Retry-After header (seconds) sent with 503 responses"
+    )
+    api_key: str | None = Field(
+        None,
+        min_length=1,
+        description="when set, /predict and /info need this value in the X-API-Key header",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="origins allowed to call the API from a browser (CORS); empty = CORS off",
+    )
