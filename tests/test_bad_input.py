@@ -415,3 +415,22 @@ def test_real_process_prints_no_traceback(tmp_path: Path) -> None:
     assert res.returncode == 1
     assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: ")
     assert not (tmp_path / "out").exists()
+
+
+def test_outputs_into_new_folders_are_created(cli, tmp_path: Path) -> None:
+    """`import SRC data/new/ds`, `check --report new/dir/r.html` and `export coco new/x.json`
+    create the missing folders instead of failing; a parent that is a file is a one-line error."""
+    from tests.fixtures.synthetic import make_dataset
+
+    src = make_dataset(tmp_path / "src", n=3)
+    ds = tmp_path / "data" / "nested" / "ds"
+    assert cli("import", "masks", src, ds).exit_code == 0
+    report = tmp_path / "reports" / "deep" / "qa.html"
+    res = cli("check", ds, "--report", report)
+    assert res.exit_code in (0, 1) and report.is_file(), res.stderr
+    out = tmp_path / "coco" / "sub" / "x.json"
+    assert cli("export", "coco", ds, out).exit_code == 0 and out.is_file()
+    (tmp_path / "afile").write_text("x")
+    bad = cli("import", "masks", src, tmp_path / "afile" / "ds")
+    assert bad.exit_code == 2 and "is a file, not a folder" in bad.stderr
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -76,7 +76,8 @@ def test_every_problem_is_found(tmp_path: Path) -> None:
     assert _findings(result, "size_mismatch", Severity.ERROR)[0].stems == ["s001"]
     bad = _findings(result, "mask_values", Severity.ERROR)
     assert bad[0].stems == ["s002"] and "[9]" in bad[0].message
-    assert "s003" in _findings(result, "empty_mask")[0].stems
+    empty = _findings(result, "empty_mask")[0]
+    assert "s003" in empty.stems and str(root / "masks" / "s003.png") in empty.files
     dup = _findings(result, "duplicates", Severity.ERROR)
     assert dup and set(dup[0].stems) == {"s004", "s104"} and "leakage" in dup[0].message
     near = [f for f in _findings(result, "duplicates", Severity.WARNING) if "near" in f.message]

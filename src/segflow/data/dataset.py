@@ -238,6 +238,10 @@ def splits_csv_text(rows: Sequence[SplitRow]) -> str:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot create its folder ({exc.strerror})") from exc
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")
@@ -370,8 +374,12 @@ class DatasetWriter:
                 f"{self.out}: exists and is not a segflow dataset; refusing to overwrite it"
             )
         parent = self.out.resolve().parent
-        if not parent.is_dir():
-            raise UsageError(f"{self.out}: parent folder {parent} does not exist")
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(f"{self.out}: {parent} is a file, not a folder")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)  # `import x data/new/ds` just works
+        except OSError as exc:
+            raise UsageError(f"{self.out}: cannot create {parent} ({exc.strerror})") from exc
         self.tmp = parent / f".{self.out.name}.tmp-{uuid.uuid4().hex[:8]}"
         self.images = self.tmp / "images"
         self.masks = self.tmp / "masks"

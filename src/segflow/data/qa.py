@@ -286,6 +286,7 @@ def check_empty_mask(ctx: QAContext) -> Iterable[Finding]:
             f"{len(empty)} mask(s) contain no foreground class (first: {empty[0].stem}); fine for "
             "negative examples, a mistake otherwise",
             [s.stem for s in empty],
+            [s.mask_file for s in empty if s.mask_file is not None],
         )
     mostly = [
         s
@@ -301,6 +302,7 @@ def check_empty_mask(ctx: QAContext) -> Iterable[Finding]:
             Severity.WARNING,
             f"{len(mostly)} mask(s) are more than 90% unlabelled (ignore) (first: {mostly[0].stem})",
             [s.stem for s in mostly],
+            [s.mask_file for s in mostly if s.mask_file is not None],
         )
 
 

@@ -119,8 +119,8 @@ def export_coco(
         raise UsageError(f"{out}: is a folder; give the path of the JSON file to write")
     if out.exists() and not overwrite:
         raise UsageError(f"{out}: already exists; choose a new file or pass --overwrite")
-    if not out.resolve().parent.is_dir():
-        raise UsageError(f"{out}: parent folder {out.resolve().parent} does not exist")
+    if out.resolve().parent.exists() and not out.resolve().parent.is_dir():
+        raise UsageError(f"{out}: {out.resolve().parent} is a file, not a folder")
     meta = dataset.meta
     class_ids = [c.id for c in meta.classes if c.id != 0]
     images: list[dict[str, Any]] = []
