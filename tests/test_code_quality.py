@@ -19,12 +19,12 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_lint_is_clean() -> None:
-    res = _run("ruff", "check", "src", "tests", "benchmarks")
+    res = _run("ruff", "check", "src", "tests", "benchmarks", "scripts")
     assert res.returncode == 0, res.stdout[-4000:]
 
 
 def test_ruff_format_is_clean() -> None:
-    res = _run("ruff", "format", "--check", "src", "tests", "benchmarks")
+    res = _run("ruff", "format", "--check", "src", "tests", "benchmarks", "scripts")
     assert res.returncode == 0, res.stdout[-4000:]
 
 

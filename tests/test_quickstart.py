@@ -9,12 +9,12 @@ from segflow.models.bundle import load_bundle
 
 
 def test_quickstart_runs_every_stage(cli, tmp_path: Path, monkeypatch) -> None:
+    # The real stages with a budget of seconds: the planner's table (no timing run) and 64-px
+    # tiles keep the training short.
+    monkeypatch.setattr(qs, "QUICKSTART_BUDGET", "20s")
+    monkeypatch.setattr(qs, "QUICKSTART_TIMING", "table")
     monkeypatch.setattr(
-        qs,
-        "QUICKSTART_CONFIG",
-        "model: {{arch: Unet, encoder: resnet18, encoder_weights: null}}\n"
-        "data: {{tile_size: 64, batch_size: 4, num_workers: 0}}\n"
-        "train: {{epochs: 1, output: {output}}}\ntracking: {{enabled: true}}\n",
+        qs, "QUICKSTART_SETTINGS", ("data.tile_size=64", "data.num_workers=0", "train.epochs=1")
     )
     out = tmp_path / "qs"
     res = cli("quickstart", "--out", out)
@@ -23,12 +23,17 @@ def test_quickstart_runs_every_stage(cli, tmp_path: Path, monkeypatch) -> None:
         "segflow import masks",
         "segflow check",
         "segflow split",
+        "segflow plan",
         "segflow train",
         "segflow eval",
         "segflow export",
         "segflow predict",
     ):
         assert cmd in res.stdout
+    plan = (out / "plan.yaml").read_text()
+    assert "# " in plan and "budget" in plan  # the decisions are written as comments
+    assert "tile_size: 64" in plan and "batch_size:" in plan
+    assert "the plan (every reason is a comment in" in res.stdout
     bundle_dir = out / "runs" / "nuclei" / "best.segflow"
     assert (bundle_dir / "model.onnx").is_file()
     assert (out / "runs" / "nuclei" / "eval_test" / "report.html").is_file()

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from segflow.data.splits import SplitResult
     from segflow.evaluate.evaluator import EvalResult
     from segflow.models.bundle import ExportInfo
+    from segflow.train.planner import Plan
 
 PathLike = str | os.PathLike[str]
 
@@ -341,3 +342,45 @@ def serve(
         settings=settings,
         log_level=log_level,
     )
+
+
+def plan(
+    dataset: PathLike,
+    *,
+    budget: str | float = "10m",
+    device: str = "auto",
+    out: PathLike | None = None,
+    overrides: Sequence[str] = (),
+    timing: str = "measure",
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Plan:
+    """``segflow plan DATASET``: a training config fitted to the dataset, device and time budget.
+
+    ``budget`` is ``"90s"``, ``"10m"``, ``"1h30m"``... (or seconds); ``device`` is ``auto``,
+    ``cpu`` or ``cuda``; ``overrides`` are ``KEY=VALUE`` settings the plan keeps and plans around;
+    ``timing`` is ``measure`` (time the network here) or ``table``. With ``out``, the commented
+    config is written there (atomically; an existing file needs ``overwrite``).
+
+    Returns:
+        The plan: ``.decisions`` (each rule's settings and reason), ``.settings`` (dotted keys),
+        ``.config()`` (the validated SegflowConfig), ``.to_yaml()``.
+    """
+    from segflow.errors import UsageError
+    from segflow.train.planner import plan_dataset
+
+    if out is not None and Path(out).exists() and not overwrite:
+        raise UsageError(f"{out}: already exists; pass --overwrite or choose another --out")
+    if timing not in ("measure", "table"):
+        raise UsageError(f"--timing {timing!r}: use measure or table")
+    result = plan_dataset(
+        dataset,
+        budget=budget,
+        device=device,
+        overrides=overrides,
+        timing="table" if timing == "table" else "measure",
+        progress=progress,
+    )
+    if out is not None:
+        result.write(out)
+    return result

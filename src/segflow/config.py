@@ -226,6 +226,12 @@ class TrainConfig(_Section):
     max_steps: int = Field(
         -1, ge=-1, description="stop after this many optimizer steps (-1: no limit)"
     )
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="stop training after this many wall-clock minutes (null: no limit; "
+        "segflow plan sets it from the time budget)",
+    )
     seed: int = Field(0, description="random seed (data order, crops, augmentation, init)")
     monitor: str = Field("val/mIoU", description="metric choosing the best model")
     monitor_mode: Literal["max", "min"] = Field(

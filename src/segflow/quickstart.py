@@ -1,8 +1,9 @@
 """``segflow quickstart``: the whole cycle on the bundled sample dataset, one stage after another.
 
 The sample (24 real nuclei images, CC0; see ``sample_data/nuclei/README.md``) is copied out of
-the package, imported like a user's own images + masks folder, checked and split. Each stage is
-the same library function the matching CLI command calls.
+the package, imported like a user's own images + masks folder, checked and split; ``segflow plan``
+fits a config to it and a time budget, which is trained, evaluated on the test split, exported to
+ONNX and used for predictions. Each stage is the library function its CLI command calls.
 """
 
 from __future__ import annotations
@@ -18,18 +19,14 @@ log = logging.getLogger("segflow.quickstart")
 
 SAMPLE = Path(__file__).parent / "sample_data" / "nuclei"
 
-#: A small model that trains in a few minutes on 2 CPU cores (no download: random init).
-QUICKSTART_CONFIG = """\
-# segflow quickstart: a small U-Net trained from scratch in a few minutes on a CPU.
-model: {{arch: Unet, encoder: resnet18, encoder_weights: null}}
-data: {{tile_size: 256, batch_size: 8, crops_per_image: 2}}
-loss: {{ce: 0.5, dice: 0.5}}
-optimizer: {{name: adamw, lr: 0.003}}
-schedule: {{name: cosine, warmup_epochs: 1}}
-augment: {{preset: medium}}
-train: {{epochs: 25, output: {output}}}
-tracking: {{images_every: 5}}
-"""
+#: Training time the quick start plans for (``segflow plan --budget``): the planner fits the
+#: model, tile, batch and epochs into it on whatever device it finds (5 minutes at most on 2 CPU
+#: cores, planning and start-up included).
+QUICKSTART_BUDGET = "4m"
+#: Settings the plan keeps: prediction overlays in MLflow every few epochs.
+QUICKSTART_SETTINGS: tuple[str, ...] = ("tracking.images_every=5",)
+#: How the planner learns the step time: ``measure`` (time the network here) or ``table``.
+QUICKSTART_TIMING = "measure"
 
 
 @dataclass
@@ -42,6 +39,7 @@ class QuickstartResult:
     best: float | None = None
     test_metrics: dict[str, float] = field(default_factory=dict)
     mlflow_ui: str = ""
+    plan: list[tuple[str, str]] = field(default_factory=list)  # (decision, its settings)
 
 
 def _split_images(dataset: Path, split: str) -> list[Path]:
@@ -54,8 +52,8 @@ def _split_images(dataset: Path, split: str) -> list[Path]:
 def run_quickstart(
     out: Path, *, overwrite: bool = False, progress: bool = False
 ) -> QuickstartResult:
-    """Run import -> check -> split -> train -> eval -> export -> predict inside ``out``."""
-    from segflow.api import check, import_dataset, split
+    """Run import -> check -> split -> plan -> train -> eval -> export -> predict in ``out``."""
+    from segflow.api import check, import_dataset, plan, split
 
     if out.exists():
         if not overwrite:
@@ -88,8 +86,22 @@ def run_quickstart(
 
     from segflow.train.runner import TrainResult, train
 
-    config = out / "train.yaml"
-    config.write_text(QUICKSTART_CONFIG.format(output=(out / "runs").as_posix()))
+    config = out / "plan.yaml"
+    runs = out / "runs"
+    result.commands.append(
+        f"segflow plan {dataset} --budget {QUICKSTART_BUDGET} --out {config} "
+        f"--set train.output={runs}"
+    )
+    planned = plan(
+        dataset,
+        budget=QUICKSTART_BUDGET,
+        out=config,
+        overrides=[f"train.output={runs.as_posix()}", *QUICKSTART_SETTINGS],
+        timing=QUICKSTART_TIMING,
+        progress=progress,
+    )
+    result.outputs["plan"] = config
+    result.plan = [(name, shown) for name, shown, _ in planned.rows()]
     result.commands.append(f"segflow train {config} --data {dataset} --name nuclei")
     trained = train(config, data=dataset, name="nuclei", progress=progress)
     if not isinstance(trained, TrainResult):  # pragma: no cover - no --folds here

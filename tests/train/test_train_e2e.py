@@ -254,6 +254,18 @@ def test_bad_training_requests(
     assert needle in res.stderr and res.stderr.startswith("error: ")
 
 
+def test_schedule_errors_come_before_any_run_folder(cli, tmp_path: Path) -> None:
+    ds = _dataset(tmp_path)
+    runs = tmp_path / "runs"
+    args = ("train", TINY, "--data", ds, "--set", f"train.output={runs}", "--name", "r")
+    res = cli(*args, "--set", "train.epochs=2", "--set", "schedule.warmup_epochs=3")
+    assert res.exit_code == 2 and "covers the whole run" in res.stderr, res.stderr
+    assert not (runs / "r").exists()  # nothing stale: the same --name works once fixed
+    res = cli(*args, "--set", "schedule.name=onecycle", "--set", "schedule.warmup_epochs=1")
+    assert res.exit_code == 2 and "must be 0 with onecycle" in res.stderr
+    assert not (runs / "r").exists()
+
+
 def test_no_dataset_is_a_usage_error(cli) -> None:
     res = cli("train", TINY)
     assert res.exit_code == 2 and "--data DATASET" in res.stderr

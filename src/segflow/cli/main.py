@@ -72,7 +72,11 @@ def quickstart(
     ),
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier quick start folder.")] = False,
 ) -> None:
-    """Run the whole cycle on the bundled sample dataset (24 fluorescence nuclei images, CC0)."""
+    """Run the whole cycle on the bundled sample dataset (24 fluorescence nuclei images, CC0).
+
+    import -> check -> split -> plan (a config fitted to the data and a 4-minute budget) ->
+    train -> eval -> export (ONNX) -> predict, each stage the library function its command calls.
+    """
     from segflow.quickstart import run_quickstart
 
     quiet_training_logs()
@@ -81,6 +85,10 @@ def quickstart(
     con.print("[bold]segflow quickstart[/] ran these commands:")
     for cmd in result.commands:
         con.print(f"  $ {cmd}")
+    if result.plan:
+        con.print(f"the plan (every reason is a comment in {result.outputs['plan']}):")
+        for decision, settings in result.plan:
+            con.print(f"  {decision:>12s}: {settings}", highlight=False, markup=False)
     for name, path in result.outputs.items():
         con.print(f"{name}: {path}")
     if result.best is not None:

@@ -1,15 +1,78 @@
-"""Training commands: ``train`` and ``config show``."""
+"""Training commands: ``plan``, ``train`` and ``config show``."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from segflow.cli._common import cli_errors, console, quiet_training_logs
 
+if TYPE_CHECKING:
+    from segflow.train.planner import Plan
+
 config_app = typer.Typer(help="Inspect the training configuration.", no_args_is_help=True)
+
+#: Time budget of ``segflow train --data DATASET`` without a config (it plans one first).
+DEFAULT_BUDGET = "10m"
+#: File the plan is saved to inside the run folder.
+PLAN_FILE = "plan.yaml"
+
+
+@cli_errors
+def plan(
+    dataset: Annotated[Path, typer.Argument(help="Canonical dataset folder.")],
+    budget: Annotated[
+        str, typer.Option(help="Wall-clock time for training: 90s, 10m, 1h, 1h30m.")
+    ] = DEFAULT_BUDGET,
+    device: Annotated[str, typer.Option(help="Device to plan for: auto, cpu or cuda.")] = "auto",
+    out: Annotated[Path, typer.Option(help="Config file to write.")] = Path("config.yaml"),
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Fix a key the plan must keep, e.g. --set model.encoder=resnet34."
+        ),
+    ] = None,
+    timing: Annotated[
+        str, typer.Option(help="Step times: 'measure' (a few seconds here) or 'table'.")
+    ] = "measure",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
+) -> None:
+    """Fit a training config to DATASET, the device and a time budget; every key says why."""
+    from segflow.api import plan as run_plan
+
+    result = run_plan(
+        dataset,
+        budget=budget,
+        device=device,
+        out=out,
+        overrides=set_ or [],
+        timing=timing,
+        overwrite=overwrite,
+        progress=True,
+    )
+    print_plan(result)
+    out_console = console()
+    out_console.print(f"wrote {out}", markup=False, soft_wrap=True)
+    out_console.print(f"train with: segflow train {out}", markup=False, soft_wrap=True)
+
+
+def print_plan(result: Plan) -> None:
+    """The fingerprint summary and a table of the decisions."""
+    from rich.table import Table
+
+    out = console()
+    for line in result.header():
+        out.print(line, markup=False, soft_wrap=True)
+    table = Table(show_lines=False, pad_edge=False, expand=False)
+    table.add_column("decision", no_wrap=True)
+    table.add_column("settings", overflow="fold", max_width=48)
+    table.add_column("why", overflow="fold")
+    for name, settings, reason in result.rows():
+        table.add_row(name, settings, reason)
+    out.print(table)
 
 
 @cli_errors
@@ -38,12 +101,31 @@ def train(
         str | None, typer.Option(help="MLflow tracking server, e.g. http://127.0.0.1:5000.")
     ] = None,
     name: Annotated[str | None, typer.Option(help="Run name (folder under train.output).")] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option(help=f"Without CONFIG: time budget of the plan (default {DEFAULT_BUDGET})."),
+    ] = None,
+    device: Annotated[
+        str, typer.Option(help="Without CONFIG: device to plan for (auto, cpu, cuda).")
+    ] = "auto",
 ) -> None:
-    """Train a model; writes runs/NAME/ with the best bundle best.segflow/."""
+    """Train a model; writes runs/NAME/ with the best bundle best.segflow/.
+
+    Without CONFIG, a config is planned for DATASET first (see segflow plan) and saved in the run
+    folder; --set values apply on top of it.
+    """
+    from segflow.errors import UsageError
     from segflow.train.runner import FoldsResult
     from segflow.train.runner import train as run_train
 
+    start = time.monotonic()
     quiet_training_logs()
+    if config is None and resume is None and data is not None:
+        config, name = _plan_run(data, budget or DEFAULT_BUDGET, device, set_ or [], name, start)
+    elif budget is not None:
+        raise UsageError(
+            "--budget plans a config: use it without CONFIG (or set train.max_minutes in CONFIG)"
+        )
     result = run_train(
         config,
         data=data,
@@ -72,6 +154,51 @@ def train(
     out.print(f"best {result.monitor}: {best} after {result.epochs} epoch(s)")
     out.print(f"run: {result.run_dir}")
     out.print(f"bundle: {result.bundle}")
+
+
+def _plan_run(
+    data: Path, budget: str, device: str, overrides: list[str], name: str | None, start: float
+) -> tuple[Path, str]:
+    """Plan a config into the run folder; returns it and the run name."""
+    import os
+
+    from segflow.config import load_config
+    from segflow.train.planner import plan_dataset
+    from segflow.train.runner import RUN_NAME_ENV, _default_name
+
+    base = load_config(None, overrides)
+    joining = os.environ.get(RUN_NAME_ENV)  # a process started by a DDP launch: reuse the plan
+    if joining and (base.train.output / joining / PLAN_FILE).is_file():
+        return base.train.output / joining / PLAN_FILE, joining
+    planned = plan_dataset(
+        data,
+        budget=budget,
+        device=device,
+        overrides=overrides,
+        spent_s=time.monotonic() - start,
+        progress=True,
+    )
+    cfg = planned.config()
+    run_name = name or cfg.train.name or _default_name(cfg)
+    path = planned.write(cfg.train.output / run_name / PLAN_FILE)
+    out = console()
+    out.print(
+        f"no config given: planned one for {budget} on {planned.device.name} -> {path}",
+        markup=False,
+        soft_wrap=True,
+    )
+    out.print(_summary(cfg), markup=False, soft_wrap=True)
+    return path, run_name
+
+
+def _summary(cfg: Any) -> str:
+    terms = " + ".join(f"{v:g} {k}" for k, v in cfg.loss.terms.items())
+    limit = f", stops at {cfg.train.max_minutes:g} min" if cfg.train.max_minutes else ""
+    return (
+        f"  {cfg.model.arch}-{cfg.model.encoder}, {cfg.data.batch_size} x {cfg.data.tile_size}-px "
+        f"tiles, {terms}, lr {cfg.optimizer.lr:g}, {cfg.augment.preset} augmentation, "
+        f"{cfg.train.epochs} epoch(s){limit}"
+    )
 
 
 @config_app.command("show")
@@ -104,5 +231,6 @@ def show(
 
 def register(app: typer.Typer) -> None:
     """Add the training commands to ``app``."""
+    app.command(no_args_is_help=True)(plan)
     app.command(no_args_is_help=True)(train)
     app.add_typer(config_app, name="config")

@@ -1,24 +1,42 @@
 """Measure a dataset once: sizes, dtypes, channel statistics, class frequencies, object sizes.
 
 ``segflow check`` computes the per-sample statistics while it looks for problems and writes the
-aggregate to ``DATASET/fingerprint.json``; planning (tile size, normalisation, class weights)
-reads it instead of scanning the images again.
+aggregate to ``DATASET/fingerprint.json``. ``segflow plan`` scans with :func:`fingerprint_dataset`,
+which adds what planning needs beyond the QA scan: object extents and the width of thin
+structures (vessels, cracks, membranes), measured at full resolution because downscaling would
+erase them.
+
+Structure width: for every foreground pixel the distance transform gives the distance to the
+nearest pixel of another class; on the medial ridge of a structure (pixels whose distance is a
+local 3x3 maximum) ``2 * distance - 1`` is the structure's local width in pixels (1 for a
+one-pixel line, 3 for a three-pixel vessel, about the diameter for a disc). The median over
+ridge pixels is the class's typical width.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from segflow.data.dataset import DatasetMeta
+from segflow.data.dataset import CanonicalDataset, DatasetMeta
 
 #: Statistics of object sizes are computed on masks downscaled to at most this side (speed).
 OBJECT_STATS_MAX_SIDE = 1024
+#: Structure widths are histogrammed in 1-pixel bins up to this width (wider lands in the last).
+WIDTH_BINS = 128
+#: Masks above this many pixels measure widths on :data:`WIDTH_WINDOWS` full-resolution windows.
+WIDTH_MAX_PIXELS = 16_000_000
+#: Side of those windows, and how many per side of a 3 x 3 grid are used (all 9).
+WIDTH_WINDOW = 2048
+#: ``fingerprint_dataset`` scans at most this many images (spread evenly over the sorted stems).
+MAX_SCAN_IMAGES = 2000
 
 
 @dataclass
@@ -36,6 +54,10 @@ class SampleStats:
     channel_max: list[float]
     class_pixels: list[int] = field(default_factory=list)  # 256 bins; empty when no mask
     object_areas: dict[int, list[int]] = field(default_factory=dict)  # class id -> component areas
+    # class id -> longer bounding-box side of each component (original pixels)
+    object_extents: dict[int, list[int]] = field(default_factory=dict)
+    # class id -> histogram of structure widths on the medial ridge (WIDTH_BINS bins, 1..128 px)
+    width_hist: dict[int, list[int]] = field(default_factory=dict)
 
 
 def image_channel_stats(
@@ -51,8 +73,13 @@ def image_channel_stats(
     )
 
 
-def object_areas(mask: np.ndarray, class_ids: Sequence[int]) -> dict[int, list[int]]:
-    """Areas (in original pixels) of the 8-connected components of each class in ``mask``."""
+def object_stats(
+    mask: np.ndarray, class_ids: Sequence[int]
+) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
+    """Areas and extents (longer bounding-box side) of each class's 8-connected components.
+
+    In original pixels, measured on ``mask`` downscaled to :data:`OBJECT_STATS_MAX_SIDE`.
+    """
     import cv2
 
     h, w = mask.shape
@@ -62,15 +89,79 @@ def object_areas(mask: np.ndarray, class_ids: Sequence[int]) -> dict[int, list[i
         small = cv2.resize(
             mask, (round(w / scale), round(h / scale)), interpolation=cv2.INTER_NEAREST
         )
-    factor = max(scale, 1.0) ** 2
-    out: dict[int, list[int]] = {}
+    linear = max(scale, 1.0)
+    areas: dict[int, list[int]] = {}
+    extents: dict[int, list[int]] = {}
     for cid in class_ids:
         binary = (small == cid).astype(np.uint8)
         if not binary.any():
             continue
         n, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-        out[cid] = [int(a * factor) for a in stats[1:n, cv2.CC_STAT_AREA]]
+        areas[cid] = [int(a * linear**2) for a in stats[1:n, cv2.CC_STAT_AREA]]
+        sides = np.maximum(stats[1:n, cv2.CC_STAT_WIDTH], stats[1:n, cv2.CC_STAT_HEIGHT])
+        extents[cid] = [round(float(s) * linear) for s in sides]
+    return areas, extents
+
+
+def object_areas(mask: np.ndarray, class_ids: Sequence[int]) -> dict[int, list[int]]:
+    """Areas (in original pixels) of the 8-connected components of each class in ``mask``."""
+    return object_stats(mask, class_ids)[0]
+
+
+def _width_windows(height: int, width: int) -> list[tuple[int, int, int, int]]:
+    """``(y0, y1, x0, x1)`` windows on which widths are measured (the whole mask if small)."""
+    if height * width <= WIDTH_MAX_PIXELS:
+        return [(0, height, 0, width)]
+    side = WIDTH_WINDOW
+    ys = sorted({max(0, round(f * (height - side))) for f in (0.0, 0.5, 1.0)})
+    xs = sorted({max(0, round(f * (width - side))) for f in (0.0, 0.5, 1.0)})
+    return [(y, min(y + side, height), x, min(x + side, width)) for y in ys for x in xs]
+
+
+def structure_widths(mask: np.ndarray, class_ids: Sequence[int]) -> dict[int, list[int]]:
+    """Per class, a histogram of local structure widths on the medial ridge (see module doc).
+
+    Bin ``i`` counts ridge pixels of width ``i + 1`` pixels; the last bin holds wider ones.
+    Measured at full resolution (on a few windows for very large masks).
+    """
+    import cv2
+
+    kernel = np.ones((3, 3), np.uint8)
+    out: dict[int, list[int]] = {}
+    for cid in class_ids:
+        hist = np.zeros(WIDTH_BINS, dtype=np.int64)
+        for y0, y1, x0, x1 in _width_windows(*mask.shape):
+            binary = (mask[y0:y1, x0:x1] == cid).astype(np.uint8)
+            if not binary.any():
+                continue
+            dist = cv2.distanceTransform(binary, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+            ridge = (dist >= cv2.dilate(dist, kernel)) & (binary > 0)
+            widths = np.rint(2.0 * dist[ridge] - 1.0).astype(np.int64)
+            hist += np.bincount(np.clip(widths, 1, WIDTH_BINS) - 1, minlength=WIDTH_BINS)
+        if hist.any():
+            out[cid] = hist.tolist()
     return out
+
+
+def sample_stats(
+    stem: str, image: np.ndarray, mask: np.ndarray | None, class_ids: Sequence[int]
+) -> SampleStats:
+    """Every statistic of one ``H x W x C`` image and its mask (``None``: unlabelled).
+
+    ``class_ids`` are the foreground classes whose objects and widths are measured.
+    """
+    sums, sqsums, mins, maxs = image_channel_stats(image)
+    stats = SampleStats(
+        stem, image.shape[0], image.shape[1], image.shape[2], str(image.dtype),
+        sums, sqsums, mins, maxs,
+    )  # fmt: skip
+    if mask is not None and mask.shape == image.shape[:2]:
+        counts = np.bincount(mask.ravel(), minlength=256)
+        stats.class_pixels = counts.tolist()
+        present = [c for c in class_ids if counts[c] > 0]
+        stats.object_areas, stats.object_extents = object_stats(mask, present)
+        stats.width_hist = structure_widths(mask, present)
+    return stats
 
 
 class ClassStats(BaseModel):
@@ -83,6 +174,12 @@ class ClassStats(BaseModel):
     images: int = Field(description="images in which the class appears")
     objects: int = Field(description="8-connected components over the dataset")
     median_object_area: float = Field(description="median component area in pixels (0 if none)")
+    p90_object_extent: float = Field(
+        0.0, description="90th percentile of the components' longer bounding-box side (0: unknown)"
+    )
+    median_width: float = Field(
+        0.0, description="median structure width in pixels on the medial ridge (0: unknown)"
+    )
 
 
 class Fingerprint(BaseModel):
@@ -102,6 +199,10 @@ class Fingerprint(BaseModel):
     classes: list[ClassStats]
     ignore_pixels: int
     empty_mask_share: float = Field(description="share of masks with no foreground class")
+    mean_pixels: float = Field(0.0, description="mean pixels per image (0: unknown)")
+    scanned_images: int = Field(
+        0, description="readable images the statistics come from (0: written by segflow check)"
+    )
 
     @classmethod
     def from_stats(cls, meta: DatasetMeta, stats: Sequence[SampleStats]) -> Fingerprint:
@@ -122,6 +223,8 @@ class Fingerprint(BaseModel):
         total = np.zeros(256, dtype=np.int64)
         presence = np.zeros(256, dtype=np.int64)
         areas: dict[int, list[int]] = {}
+        extents: dict[int, list[int]] = {}
+        ridge_widths: dict[int, np.ndarray] = {}
         empty = 0
         for s in labelled:
             counts = np.asarray(s.class_pixels, dtype=np.int64)
@@ -131,6 +234,11 @@ class Fingerprint(BaseModel):
             empty += not fg
             for cid, a in s.object_areas.items():
                 areas.setdefault(int(cid), []).extend(a)
+            for cid, e in s.object_extents.items():
+                extents.setdefault(int(cid), []).extend(e)
+            for cid, hist in s.width_hist.items():
+                so_far = ridge_widths.get(int(cid), np.zeros(WIDTH_BINS, dtype=np.int64))
+                ridge_widths[int(cid)] = so_far + np.asarray(hist, dtype=np.int64)
         labelled_pixels = int(sum(total[c.id] for c in meta.classes)) or 1
         classes = [
             ClassStats(
@@ -143,6 +251,10 @@ class Fingerprint(BaseModel):
                 median_object_area=float(statistics.median(areas[c.id]))
                 if areas.get(c.id)
                 else 0.0,
+                p90_object_extent=float(np.percentile(extents[c.id], 90))
+                if extents.get(c.id)
+                else 0.0,
+                median_width=_histogram_median(ridge_widths.get(c.id)),
             )
             for c in meta.classes
         ]
@@ -162,7 +274,82 @@ class Fingerprint(BaseModel):
             classes=classes,
             ignore_pixels=int(total[meta.ignore_index]),
             empty_mask_share=empty / len(labelled) if labelled else 0.0,
+            mean_pixels=float(np.mean([s.height * s.width for s in stats])),
         )
+
+
+def _histogram_median(hist: np.ndarray | None) -> float:
+    """Median of a width histogram (bin ``i`` = width ``i + 1``); 0 when empty."""
+    if hist is None or not hist.any():
+        return 0.0
+    cumulative = np.cumsum(hist)
+    return float(np.searchsorted(cumulative, cumulative[-1] / 2.0) + 1)
+
+
+@dataclass
+class _ScanJob:
+    stem: str
+    image: Path
+    mask: Path | None
+    class_ids: list[int]
+
+
+def _scan(job: _ScanJob) -> SampleStats | str:
+    """Statistics of one sample, or the reason it could not be read."""
+    from segflow.data import image_io
+    from segflow.errors import SegflowError
+
+    try:
+        image = image_io.read_image(job.image)
+        mask = image_io.read_mask(job.mask) if job.mask is not None else None
+    except SegflowError as exc:
+        return str(exc)
+    if mask is not None and mask.shape != image.shape[:2]:
+        return f"{job.mask}: mask size {mask.shape} differs from image size {image.shape[:2]}"
+    return sample_stats(job.stem, image, mask, job.class_ids)
+
+
+def fingerprint_dataset(
+    dataset: str | os.PathLike[str] | CanonicalDataset,
+    *,
+    max_images: int = MAX_SCAN_IMAGES,
+    workers: int | None = None,
+    progress: bool = False,
+) -> Fingerprint:
+    """Scan a canonical dataset (at most ``max_images``, evenly spread) into a Fingerprint.
+
+    Unreadable samples are skipped (``segflow check`` reports them); the dataset must have at
+    least one readable labelled sample.
+
+    Raises:
+        DataError: no images, or no readable labelled sample.
+    """
+    from segflow._parallel import parallel_map
+    from segflow.errors import DataError
+
+    ds = dataset if isinstance(dataset, CanonicalDataset) else CanonicalDataset(dataset)
+    samples = ds.samples()
+    if not samples:
+        raise DataError(ds.images_dir, "no images found")
+    labelled = sum(1 for s in samples if s.mask is not None)
+    if not labelled:
+        raise DataError(ds.masks_dir, "no masks found: planning needs labelled images")
+    picks = samples
+    if len(samples) > max_images:
+        step = len(samples) / max_images
+        picks = [samples[int(i * step)] for i in range(max_images)]
+    fg = [c.id for c in ds.meta.classes if c.id != 0]
+    jobs = [_ScanJob(s.stem, s.image, s.mask, fg) for s in picks]
+    results = list(
+        parallel_map(_scan, jobs, workers=workers, progress=progress, label="fingerprint")
+    )
+    stats = sorted((r for r in results if isinstance(r, SampleStats)), key=lambda r: r.stem)
+    if not any(s.class_pixels for s in stats):
+        raise DataError(ds.root, "no readable labelled image; run `segflow check` to see why")
+    fp = Fingerprint.from_stats(ds.meta, stats)
+    return fp.model_copy(
+        update={"num_images": len(samples), "num_labelled": labelled, "scanned_images": len(stats)}
+    )
 
 
 def _summary(values: Sequence[int]) -> dict[str, float]:

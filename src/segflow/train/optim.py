@@ -126,6 +126,30 @@ class _Trajectory:
         return self.lr(step) / self.base
 
 
+def check_schedule(cfg: ScheduleConfig, epochs: int, peak_lr: float) -> None:
+    """The schedule checks that need only the config: run before any run folder is made.
+
+    Raises:
+        ConfigError: a warm-up with onecycle or plateau, a warm-up as long as the run, or
+            ``min_lr`` above the peak learning rate.
+    """
+    if cfg.warmup_epochs > 0 and cfg.name in ("onecycle", "plateau"):
+        own = "has its own warm-up" if cfg.name == "onecycle" else "is stepped per epoch"
+        raise ConfigError(
+            f"schedule.warmup_epochs must be 0 with {cfg.name} (it {own}); "
+            "set schedule.warmup_epochs=0 or use cosine / poly / constant"
+        )
+    if cfg.warmup_epochs > 0 and cfg.warmup_epochs >= epochs:
+        raise ConfigError(
+            f"schedule.warmup_epochs={cfg.warmup_epochs:g} covers the whole run ({epochs} epochs); "
+            "make it shorter than train.epochs"
+        )
+    if cfg.name in ("cosine", "poly", "plateau") and cfg.min_lr > peak_lr:
+        raise ConfigError(
+            f"schedule.min_lr={cfg.min_lr:g} is above the peak learning rate {peak_lr:g}"
+        )
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
     cfg: ScheduleConfig,

@@ -272,6 +272,9 @@ def train(
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=updates)})
     if cfg.data.dataset is None:
         raise UsageError("no dataset: pass --data DATASET or set data.dataset in the config")
+    from segflow.train.optim import check_schedule
+
+    check_schedule(cfg.schedule, cfg.train.epochs, cfg.optimizer.lr)  # before any run folder
     if tracking_uri is not None:
         cfg.tracking.uri = tracking_uri
     run_name = name or cfg.train.name or os.environ.get(RUN_NAME_ENV) or _default_name(cfg)
@@ -507,6 +510,10 @@ def _fit(
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step", save_top_k=1,
                                          every_n_train_steps=t.checkpoint_every_steps,
                                          enable_version_counter=False))  # fmt: skip
+    if t.max_minutes:  # a per-step schedule that keeps to the time limit on a slow machine
+        from segflow.train.planner import budget_schedule_callback
+
+        callbacks.append(budget_schedule_callback())
     callbacks.extend(extra_callbacks)
     if progress:
         callbacks.append(epoch_progress_bar(t.monitor))
@@ -519,6 +526,7 @@ def _fit(
         default_root_dir=run_dir,
         max_epochs=t.epochs,
         max_steps=t.max_steps,
+        max_time=_dt.timedelta(minutes=t.max_minutes) if t.max_minutes else None,
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,

@@ -1,0 +1,1155 @@
+"""``segflow plan``: derive a training config from the dataset, the device and a time budget.
+
+As in nnU-Net's experiment planning, the dataset is measured once (:mod:`segflow.data.fingerprint`)
+and every setting is derived from that measurement by a small rule: a pure function
+``rule(ctx, chosen) -> Decision`` that reads the planning context (fingerprint, device, budget,
+timings) and the settings chosen so far (dotted config keys), and returns the config entries it
+sets with the reason. :class:`Planner` runs the rules of :data:`RULES` in order; any of them can be
+replaced by name, and ``--set``-style values (``fixed``) win over every rule, which then plan
+around them (``--set model.encoder=resnet34`` sizes batch and epochs for resnet34).
+
+Times are estimated conservatively so that a run fits its budget: a step's seconds are either
+measured on this machine (:class:`MeasuredTimer`: a few real forward/backward passes of the
+chosen network) or read from :data:`CPU_TABLE` / :data:`GPU_TABLE` (:class:`TableTimer`), then
+padded by :data:`SAFETY`; ``train.max_minutes`` stops training at the budget whatever happens.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import yaml
+
+from segflow.config import SegflowConfig, describe, parse_override
+from segflow.data.fingerprint import Fingerprint
+from segflow.errors import ConfigError, UnknownNameError, UsageError
+
+DeviceKind = Literal["cpu", "cuda"]
+
+#: A class whose median structure width is at most this many pixels is thin (vessels, cracks).
+THIN_WIDTH = 6.0
+#: A foreground class with less than this share of the labelled pixels is rare.
+RARE_FREQUENCY = 0.05
+#: Most / least frequent class above this ratio: imbalance strong enough for class weights.
+STRONG_IMBALANCE = 50.0
+#: Training crop side on each device before object sizes are considered (pixels).
+BASE_TILE = {"cpu": 256, "cuda": 512}
+#: Largest training crop per device (objects larger than this are seen in parts).
+MAX_TILE = {"cpu": 512, "cuda": 1024}
+MIN_TILE = 64
+#: Share of the device's (GPU) or available (CPU) memory a training step may use.
+MEMORY_SHARE = {"cpu": 0.5, "cuda": 0.8}
+#: Largest batch per device: on a CPU, more small steps learn faster than fewer big ones
+#: (CHASE_DB1, same pixels seen: 120 steps of 4 tiles reached test Dice 0.706, 60 steps of 8 0.663).
+MAX_BATCH = {"cpu": 4, "cuda": 32}
+MIN_BATCH = 2
+#: Measured or tabled step times are multiplied by this (data loading, logging, validation
+#: start-up). Small because a slower machine no longer costs quality (the budget schedule
+#: anneals by time): on CHASE_DB1 a quiet 2-core CPU ran the steps 0.86x as long as measured.
+SAFETY = {"cpu": 1.15, "cuda": 1.25}
+#: Seconds a run spends outside the training loop: start-up, statistics, MLflow, final saves.
+SETUP_SECONDS = {"cpu": 30.0, "cuda": 45.0}
+#: Epochs are planned to fill this share of the training time; train.max_minutes is the hard stop.
+BUDGET_FILL = 0.9
+#: Validation may take at most this share of an epoch's time (else it runs every few epochs).
+VALIDATION_SHARE = 0.15
+#: Training activations in bytes per input pixel per sample (fp32), measured on CPU with
+#: Unet at 256 px (resnet18 2.0 KB, resnet34 2.1 KB) and padded; others estimated.
+ACTIVATION_BYTES = {"resnet18": 2400, "resnet34": 2600, "resnet50": 6500}
+DEFAULT_ACTIVATION_BYTES = 6500
+#: Calibrated table: microseconds per input pixel for one training step (forward, backward,
+#: AdamW) and for inference of a Unet with the default decoder, on the 2-core x86 CPU segflow is
+#: developed on (torch 2.14, fp32, 2 threads; resnet18 and resnet34 measured, resnet50 estimated).
+CPU_TABLE = {"resnet18": (3.1, 1.1), "resnet34": (3.9, 1.35), "resnet50": (8.0, 3.0)}
+#: Unet decoder with half the default channels: as fast as this share of the default, measured
+#: on the same CPU with resnet18 (training 2.17 vs 2.81 us/px, inference 0.84 vs 1.06).
+SLIM_DECODER = [128, 64, 32, 16, 16]
+SLIM_DECODER_COST = (0.78, 0.8)
+#: Rough table for a recent data-centre GPU in bf16 (not measured here: conservative guesses).
+GPU_TABLE = {"resnet18": (0.03, 0.01), "resnet34": (0.04, 0.013), "resnet50": (0.08, 0.025)}
+DEFAULT_TABLE = {"cpu": (8.0, 3.0), "cuda": (0.1, 0.03)}
+#: A CPU measurement is kept within this factor of the table (either way).
+CPU_TRUST = 3.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def parse_budget(text: str) -> float:
+    """``"90s"``, ``"10m"``, ``"1h"``, ``"1h30m"``, ``"1.5h"``, ``"2d"`` -> seconds.
+
+    Raises:
+        UsageError: no unit, an unknown unit, or a budget of zero.
+    """
+    spec = str(text).strip().lower().replace(" ", "")
+    match = re.fullmatch(
+        r"(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?:in)?)?(?:(\d+(?:\.\d+)?)s)?",
+        spec,
+    )
+    if not spec or match is None:
+        raise UsageError(f"budget {text!r}: use a duration such as 90s, 10m, 1h or 1h30m")
+    days, hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = days * 86400 + hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise UsageError(f"budget {text!r}: must be longer than 0 seconds")
+    return total
+
+
+def format_seconds(seconds: float) -> str:
+    """``330`` -> ``"5m30s"``."""
+    s = round(seconds)
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    parts = [f"{h}h" if h else "", f"{m}m" if m else "", f"{sec}s" if sec or not (h or m) else ""]
+    return "".join(parts)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """The device a plan is for.
+
+    Attributes:
+        kind: ``cpu`` or ``cuda``.
+        name: human-readable name.
+        memory_gb: GPU memory (cuda) or available RAM (cpu), GiB.
+        cpus: CPU cores this process may use.
+        present: whether the device is on this machine (step times can then be measured).
+    """
+
+    kind: DeviceKind
+    name: str
+    memory_gb: float
+    cpus: int
+    present: bool = True
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _available_ram_gb() -> float:
+    try:
+        with Path("/proc/meminfo").open(encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 8.0
+
+
+def detect_device(requested: str = "auto") -> DeviceInfo:
+    """``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``.
+
+    Planning for ``cuda`` on a machine without one is allowed (to train elsewhere): the plan then
+    assumes a 16 GiB GPU and takes step times from :data:`GPU_TABLE`.
+    """
+    if requested not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"--device {requested!r}: use cpu, cuda or auto")
+    cpus = _cpus()
+    if requested != "cpu":
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            return DeviceInfo("cuda", str(props.name), props.total_memory / 2**30, cpus)
+        if requested == "cuda":
+            return DeviceInfo("cuda", "a CUDA GPU (none here: assumed 16 GiB)", 16.0, cpus, False)
+    return DeviceInfo("cpu", f"CPU ({cpus} cores)", _available_ram_gb(), cpus)
+
+
+class StepTimer(Protocol):
+    """Estimates how long the network takes on the device."""
+
+    source: str
+
+    def train_step(
+        self, model: Mapping[str, Any], tile: int, batch: int, channels: int, classes: int
+    ) -> float:
+        """Seconds for one training step (forward, backward, optimiser) on ``batch`` tiles."""
+        ...
+
+    def infer_pixel(self, model: Mapping[str, Any], channels: int, classes: int) -> float:
+        """Seconds per input pixel for inference on whole images."""
+        ...
+
+
+def _table_entry(device: DeviceInfo, model: Mapping[str, Any]) -> tuple[float, float]:
+    """Seconds per pixel (training step, inference) from the tables."""
+    table = CPU_TABLE if device.kind == "cpu" else GPU_TABLE
+    train_us, infer_us = table.get(str(model["model.encoder"]), DEFAULT_TABLE[device.kind])
+    kwargs = model.get("model.kwargs") or {}
+    if list(kwargs.get("decoder_channels", [])) == SLIM_DECODER:
+        train_us, infer_us = train_us * SLIM_DECODER_COST[0], infer_us * SLIM_DECODER_COST[1]
+    factor = 1.0
+    if device.kind == "cpu":  # the table is for 2 cores; more cores help less than linearly
+        factor = (2 / max(1, device.cpus)) ** 0.7
+    return train_us * factor * 1e-6, infer_us * factor * 1e-6
+
+
+@dataclass
+class TableTimer:
+    """Step times from the calibrated tables (no computation; used when the device is absent)."""
+
+    device: DeviceInfo
+    source: str = "calibrated table"
+
+    def train_step(
+        self, model: Mapping[str, Any], tile: int, batch: int, channels: int, classes: int
+    ) -> float:
+        """Seconds for one training step, from the table's per-pixel time."""
+        per_px = _table_entry(self.device, model)[0]
+        return float(per_px * tile * tile * batch * max(1.0, channels / 3) ** 0.3)
+
+    def infer_pixel(self, model: Mapping[str, Any], channels: int, classes: int) -> float:
+        """Seconds per pixel of inference, from the table."""
+        return _table_entry(self.device, model)[1]
+
+
+@dataclass
+class MeasuredTimer:
+    """Step times measured by running the network on this machine's device (a few seconds).
+
+    The fastest of a few steps after a warm-up counts. On a CPU a step is timed on at most 4
+    tiles and scaled linearly (a CPU's cost per pixel does not fall with the batch), and the
+    result is kept within :data:`CPU_TRUST` of the calibrated table: on a shared machine torch's
+    threads can stall for seconds while other processes run (measured here: 40x slower under a
+    load of 4 on 2 cores), and such a moment must not shrink the whole plan. On a GPU the real
+    batch is timed.
+    """
+
+    device: DeviceInfo
+    source: str = "measured here"
+    _cache: dict[tuple[Any, ...], float] = field(default_factory=dict)
+
+    def _model(self, model: Mapping[str, Any], channels: int, classes: int) -> Any:
+        from segflow.models.factory import create_model
+
+        net = create_model(
+            str(model["model.arch"]),
+            str(model["model.encoder"]),
+            in_channels=channels,
+            classes=1 if classes == 2 else classes,
+            encoder_weights=None,
+            **dict(model.get("model.kwargs") or {}),
+        )
+        return net.to("cuda" if self.device.kind == "cuda" else "cpu")
+
+    def train_step(
+        self, model: Mapping[str, Any], tile: int, batch: int, channels: int, classes: int
+    ) -> float:
+        """The fastest of a few timed training steps (after warm-up)."""
+        import torch
+
+        key = ("train", _model_key(model), tile, batch, channels, classes)
+        if key in self._cache:
+            return self._cache[key]
+        cuda = self.device.kind == "cuda"
+        timed_batch = batch if cuda else min(batch, 4)
+        net = self._model(model, channels, classes).train()
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+        dev = next(net.parameters()).device
+        x = torch.randn(timed_batch, channels, tile, tile, device=dev)
+        times = []
+        for i in range(8 if cuda else 5):  # warm-up: 3 steps on a GPU, 1 on a CPU
+            start = time.perf_counter()
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+                loss = net(x).float().square().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= (3 if cuda else 1):
+                times.append(time.perf_counter() - start)
+        seconds = self._trusted(min(times) * batch / timed_batch, model, tile * tile * batch, 0)
+        self._cache[key] = seconds
+        return seconds
+
+    def _trusted(self, seconds: float, model: Mapping[str, Any], pixels: int, which: int) -> float:
+        """A CPU measurement bounded by the table (see the class docstring); notes clamping."""
+        if self.device.kind != "cpu":
+            return seconds
+        table = _table_entry(self.device, model)[which] * pixels
+        low, high = table / CPU_TRUST, table * CPU_TRUST
+        if not low <= seconds <= high:
+            self.source = (
+                f"measured here, kept within {CPU_TRUST:g}x of the calibrated table: the machine "
+                "looked busy or unusual"
+            )
+        return min(max(seconds, low), high)
+
+    def infer_pixel(self, model: Mapping[str, Any], channels: int, classes: int) -> float:
+        """Seconds per pixel of one forward pass on a 512 x 512 image."""
+        import torch
+
+        key = ("infer", _model_key(model), channels, classes)
+        if key in self._cache:
+            return self._cache[key]
+        net = self._model(model, channels, classes).eval()
+        dev = next(net.parameters()).device
+        x = torch.randn(1, channels, 512, 512, device=dev)
+        times = []
+        with torch.no_grad():
+            for i in range(3):
+                start = time.perf_counter()
+                net(x)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                if i:
+                    times.append(time.perf_counter() - start)
+        seconds = self._trusted(min(times), model, 512 * 512, 1) / (512 * 512)
+        self._cache[key] = seconds
+        return seconds
+
+
+def _model_key(model: Mapping[str, Any]) -> tuple[str, str, str]:
+    return (
+        str(model["model.arch"]),
+        str(model["model.encoder"]),
+        yaml.safe_dump(model.get("model.kwargs") or {}, sort_keys=True),
+    )
+
+
+def weights_cached(encoder: str) -> bool:
+    """Whether SMP's ImageNet weights for ``encoder`` are in the local Hugging Face cache."""
+    try:
+        import segmentation_models_pytorch as smp
+        from huggingface_hub import try_to_load_from_cache
+
+        settings = smp.encoders.encoders[encoder]["pretrained_settings"]["imagenet"]
+        found = try_to_load_from_cache(
+            settings["repo_id"], "model.safetensors", revision=settings.get("revision")
+        )
+    except (ImportError, KeyError, TypeError, ValueError):
+        return False
+    return isinstance(found, str)
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """Everything the rules may look at.
+
+    Attributes:
+        fingerprint: the dataset's measurements.
+        device: the device to train on.
+        budget_s: wall-clock seconds the training run may take.
+        train_images: labelled images in the training split.
+        val_images: labelled images in the validation split.
+        timer: step-time estimates for the device.
+        dataset: the dataset folder (written to ``data.dataset``), if any.
+        fixed: settings given by the user (dotted keys); they win over every rule.
+        has_weights: whether pretrained weights for an encoder are available offline.
+    """
+
+    fingerprint: Fingerprint
+    device: DeviceInfo
+    budget_s: float
+    train_images: int
+    val_images: int
+    timer: StepTimer
+    dataset: Path | None = None
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    has_weights: Callable[[str], bool] = weights_cached
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one rule decided: config entries (dotted keys) and why."""
+
+    settings: dict[str, Any]
+    reason: str
+
+    @property
+    def value(self) -> Any:
+        """The single value set, or the settings dict when the rule sets several keys."""
+        return next(iter(self.settings.values())) if len(self.settings) == 1 else self.settings
+
+
+Rule = Callable[[PlanContext, Mapping[str, Any]], Decision]
+
+
+def default_settings() -> dict[str, Any]:
+    """Every config key's default value (dotted keys)."""
+    return {key: value for key, value, _ in describe(SegflowConfig())}
+
+
+def _get(chosen: Mapping[str, Any], key: str) -> Any:
+    return chosen[key] if key in chosen else default_settings()[key]
+
+
+# ------------------------------------------------------------------------------------------------
+# Facts derived from the fingerprint
+
+
+def channels_of(fp: Fingerprint) -> int:
+    """The majority channel count."""
+    return int(max(fp.channels.items(), key=lambda kv: kv[1])[0])
+
+
+def dtype_of(fp: Fingerprint) -> str:
+    """The majority pixel dtype."""
+    return max(fp.dtypes.items(), key=lambda kv: kv[1])[0]
+
+
+def foreground(fp: Fingerprint) -> list[Any]:
+    """Foreground classes (id != 0) that have pixels."""
+    return [c for c in fp.classes if c.id != 0 and c.pixels > 0]
+
+
+def thin_classes(fp: Fingerprint) -> list[str]:
+    """Names of foreground classes whose median structure width is at most THIN_WIDTH."""
+    return [c.name for c in foreground(fp) if 0 < c.median_width <= THIN_WIDTH]
+
+
+def median_pixels(fp: Fingerprint) -> float:
+    """Pixels of a median-sized image."""
+    return fp.height["median"] * fp.width["median"]
+
+
+def steps_per_epoch(ctx: PlanContext, chosen: Mapping[str, Any]) -> int:
+    """Optimizer steps in one epoch.
+
+    The loader drops the last partial batch; ``train.limit_train_batches`` caps the epoch.
+    """
+    crops = ctx.train_images * int(_get(chosen, "data.crops_per_image"))
+    batch = int(_get(chosen, "data.batch_size"))
+    steps = max(1, crops // batch) if crops > batch else 1
+    limit = _get(chosen, "train.limit_train_batches")
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        steps = min(steps, limit)
+    elif isinstance(limit, float) and limit < 1.0:
+        steps = max(1, int(steps * limit))
+    return steps
+
+
+def _round32(value: float) -> int:
+    return int(math.ceil(value / 32.0) * 32)
+
+
+# ------------------------------------------------------------------------------------------------
+# The rules
+
+
+def choose_model(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
+    """Architecture and encoder sized to the device (and the budget on a GPU)."""
+    thin = thin_classes(ctx.fingerprint)
+    why_unet = (
+        f"Unet keeps full-resolution skip connections, needed for thin {', '.join(thin)}"
+        if thin
+        else "Unet: skip connections at every scale, a strong default for 2D segmentation"
+    )
+    kwargs: dict[str, Any] = {}
+    if ctx.device.kind == "cpu":
+        encoder = "resnet18"
+        kwargs = {"decoder_channels": list(SLIM_DECODER)}
+        why = (
+            "on a CPU the lightest ResNet with a half-width decoder trains the most steps per "
+            "minute (1.7x resnet34's, measured)"
+        )
+    elif ctx.device.memory_gb >= 16 and ctx.budget_s >= 1800:
+        encoder = "resnet50"
+        why = (
+            f"a {ctx.device.memory_gb:.0f} GiB GPU and {format_seconds(ctx.budget_s)} afford "
+            "a deeper encoder"
+        )
+    else:
+        encoder = "resnet34"
+        why = "on a GPU resnet34 balances capacity and speed for this budget"
+    return Decision(
+        {"model.arch": "Unet", "model.encoder": encoder, "model.kwargs": kwargs},
+        f"{why_unet}; {why}",
+    )
+
+
+def choose_encoder_weights(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
+    """ImageNet weights when they are already on this machine, else random initialisation."""
+    encoder = str(_get(chosen, "model.encoder"))
+    if ctx.has_weights(encoder):
+        return Decision(
+            {"model.encoder_weights": "imagenet"},
+            f"ImageNet weights for {encoder} are in the local cache: pretrained encoders learn "
+            "faster",
+        )
+    return Decision(
+        {"model.encoder_weights": None},
+        f"no ImageNet weights for {encoder} cached here: training from scratch works offline "
+        "(set model.encoder_weights=imagenet to download them)",
+    )
+
+
+def choose_normalization(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
+    """ImageNet statistics only for 8-bit RGB with pretrained weights, else the dataset's own."""
+    fp = ctx.fingerprint
+    dtype, channels = dtype_of(fp), channels_of(fp)
+    stats = ", ".join(
+        f"{m:.4g}±{s:.3g}" for m, s in zip(fp.channel_mean, fp.channel_std, strict=False)
+    )
+    if dtype != "uint8":
+        return Decision(
+            {"data.preprocess.normalize": "dataset"},
+            f"{dtype} images (values {fp.value_range[0]:g}..{fp.value_range[1]:g}): normalised by "
+            f"the training images' mean/std (here {stats}), not by /255",
+        )
+    if channels == 3 and _get(chosen, "model.encoder_weights") == "imagenet":
+        return Decision(
+            {"data.preprocess.normalize": "imagenet"},
+            "8-bit RGB with an ImageNet-pretrained encoder: the statistics its weights expect",
+        )
+    return Decision(
+        {"data.preprocess.normalize": "dataset"},
+        f"{channels}-channel {dtype} images, encoder trained from scratch: the training images' "
+        f"own mean/std ({stats})",
+    )
+
+
+def choose_tile_size(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
+    """Training crop: the device's base size, grown for large objects, shrunk for small images."""
+    fp = ctx.fingerprint
+    kind = ctx.device.kind
+    tile = BASE_TILE[kind]
+    notes = [f"{tile} px is the {kind.upper()} default"]
+    compact = [c for c in foreground(fp) if c.p90_object_extent and c.name not in thin_classes(fp)]
+    if compact:
+        extent = max(c.p90_object_extent for c in compact)
+        need = min(_round32(1.5 * extent), MAX_TILE[kind])
+        if need > tile:
+            tile = need
+            notes.append(
+                f"objects up to {extent:.0f} px (90th percentile) need context around them"
+            )
+        else:
+            notes.append(f"objects up to {extent:.0f} px (90th percentile) fit with context")
+    side = max(fp.height["median"], fp.width["median"])
+    if side < tile:
+        tile = max(MIN_TILE, _round32(side))
+        notes.append(f"a median image ({side:.0f} px) fits in one {tile}-px tile")
+    thin = thin_classes(fp)
+    if thin:
+        notes.append(f"thin {', '.join(thin)} need full resolution: crops, never downscaling")
+    return Decision({"data.tile_size": tile}, "; ".join(notes))
+
+
+def choose_inference(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
+    """Validate whole images when they fit in memory, else in tiles; say how prediction tiles."""
+    fp = ctx.fingerprint
+    tile = int(_get(chosen, "data.tile_size"))
+    side = int(max(fp.height["max"], fp.width["max"]))
+    # Inference activations are about a fifth of training's per pixel.
+    per_px = _activation_bytes(str(_get(chosen, "model.encoder"))) / 5
+    budget = ctx.device.memory_gb * 2**30 * MEMORY_SHARE[ctx.device.kind]
+    whole = int(math.sqrt(budget / per_px))
+    limit = max(tile, min(whole, 4096))
+    if side <= tile:
+        reason = f"images (up to {side} px) fit in one {tile}-px tile: predicted whole"
+    elif side <= limit:
+        reason = (
+            f"images up to {side} px are larger than the {tile}-px tile: validation sees them "
+            f"whole (they fit in memory), prediction runs in {tile}-px tiles with Gaussian blending"
+        )
+    else:
+        reason = (
+            f"images up to {side} px do not fit in memory whole: validation and prediction run "
+            f"in {tile}-px tiles with Gaussian blending"
+        )
+    return Decision({"data.val_tile_threshold": max(64, min(limit, 4096))}, reason)
+
+
+def _activation_bytes(encoder: str) -> float:
+    return float(ACTIVATION_BYTES.get(encoder, DEFAULT_ACTIVATION_BYTES))
+
+
+def choose_batch_size(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
+    """The most tiles that fit in the device's memory, capped per device."""
+    dev = ctx.device
+    tile = int(_get(chosen, "data.tile_size"))
+    encoder = str(_get(chosen, "model.encoder"))
+    per_px = _activation_bytes(encoder) * (1.5 * 0.6 if dev.kind == "cuda" else 1.0)
+    per_sample = per_px * tile * tile
+    budget = dev.memory_gb * 2**30 * MEMORY_SHARE[dev.kind] - 1.5 * 2**30  # weights, optimiser
+    fits = max(1, int(budget // per_sample))
+    batch = max(MIN_BATCH, min(2 ** int(math.log2(fits)), MAX_BATCH[dev.kind]))
+    where = "GPU memory" if dev.kind == "cuda" else "free RAM"
+    reason = (
+        f"{dev.memory_gb:.0f} GiB {where} holds about {fits} {tile}-px tiles of {encoder}"
+        f" (~{per_sample / 2**20:.0f} MiB each)"
+    )
+    if fits > MAX_BATCH[dev.kind]:
+        reason += (
+            f"; capped at {batch}: on a CPU more, smaller steps learn faster"
+            if dev.kind == "cpu"
+            else f"; capped at {batch}"
+        )
+    elif fits < MIN_BATCH:
+        reason += f"; raised to {MIN_BATCH} for batch normalisation (expect memory pressure)"
+    return Decision({"data.batch_size": batch}, reason)
+
+
+def choose_crops(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
+    """Crops per image so that an epoch covers each image about once; foreground share."""
+    fp = ctx.fingerprint
+    tile = int(_get(chosen, "data.tile_size"))
+    pixels = fp.mean_pixels or median_pixels(fp)
+    crops = int(min(32, max(1, round(pixels / (tile * tile)))))
+    fg = foreground(fp)
+    rarest = min((c.frequency for c in fg), default=1.0)
+    share = 0.5 if rarest < 0.02 or fp.empty_mask_share > 0.3 else 0.33
+    reason = (
+        f"an average image ({pixels / 1e6:.2g} Mpx) holds about {crops} {tile}-px tile(s): "
+        f"{crops} crop(s) per image make an epoch about one pass over the pixels"
+    )
+    reason += (
+        f"; half the crops centred on foreground: it is rare ({rarest:.1%} of pixels"
+        f"{f', {fp.empty_mask_share:.0%} of masks empty' if fp.empty_mask_share else ''})"
+        if share == 0.5
+        else "; a third of the crops forced onto foreground (nnU-Net's oversampling)"
+    )
+    return Decision({"data.crops_per_image": crops, "data.foreground_crops": share}, reason)
+
+
+def choose_class_weights(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
+    """Inverse-frequency weights when the class imbalance is strong."""
+    present = [c for c in ctx.fingerprint.classes if c.pixels > 0]
+    if len(present) < 2:
+        return Decision({"loss.class_weights": None}, "one class with pixels: nothing to balance")
+    most = max(present, key=lambda c: c.frequency)
+    least = min(present, key=lambda c: c.frequency)
+    ratio = most.frequency / least.frequency
+    if ratio >= STRONG_IMBALANCE:
+        return Decision(
+            {"loss.class_weights": "auto"},
+            f"strong imbalance: {most.name} has {ratio:.0f}x the pixels of {least.name} "
+            f"(>= {STRONG_IMBALANCE:.0f}x): inverse-frequency weights, capped",
+        )
+    return Decision(
+        {"loss.class_weights": None},
+        f"imbalance {most.name}:{least.name} is {ratio:.0f}:1 (< {STRONG_IMBALANCE:.0f}:1): the "
+        "Dice term already balances it; no class weights",
+    )
+
+
+def choose_loss(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
+    """CE + Dice; more Dice for thin or rare structures (boundary pixels dominate their score)."""
+    fp = ctx.fingerprint
+    thin = thin_classes(fp)
+    rare = [c.name for c in foreground(fp) if c.frequency < RARE_FREQUENCY]
+    if thin or rare:
+        why = []
+        if thin:
+            widths = ", ".join(f"{c.median_width:.0f}" for c in foreground(fp) if c.name in thin)
+            why.append(f"thin {', '.join(thin)} (median width {widths} px)")
+        if rare:
+            why.append(f"rare {', '.join(rare)} (< {RARE_FREQUENCY:.0%} of pixels)")
+        return Decision(
+            {"loss.terms": {"ce": 0.3, "dice": 0.7}},
+            f"{' and '.join(why)}: Dice weighs every structure by its overlap, not by its few "
+            "pixels, so it gets 0.7 and cross-entropy 0.3",
+        )
+    return Decision(
+        {"loss.terms": {"ce": 0.5, "dice": 0.5}},
+        "cross-entropy for calibrated pixels + Dice for overlap, equally weighted",
+    )
+
+
+def choose_optimizer(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
+    """AdamW; a higher rate from scratch, a gentler one for pretrained encoders."""
+    if _get(chosen, "model.encoder_weights") is not None:
+        return Decision(
+            {"optimizer.name": "adamw", "optimizer.lr": 5e-4, "optimizer.weight_decay": 1e-4},
+            "AdamW at 5e-4: fine-tuning a pretrained encoder without wiping its features",
+        )
+    return Decision(
+        {"optimizer.name": "adamw", "optimizer.lr": 2e-3, "optimizer.weight_decay": 1e-4},
+        "AdamW at 2e-3: a network from scratch with batch normalisation tolerates a high rate, "
+        "and a short budget needs it",
+    )
+
+
+def choose_epochs(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
+    """Epochs that fill the budget, from the step time; validation cadence; a hard time limit.
+
+    With few epochs, whole epochs would waste up to one epoch of the budget: the epoch is then
+    resized (``data.crops_per_image`` + ``train.limit_train_batches``) so that they fill it.
+    """
+    fp, dev = ctx.fingerprint, ctx.device
+    model = {k: _get(chosen, k) for k in ("model.arch", "model.encoder", "model.kwargs")}
+    tile = int(_get(chosen, "data.tile_size"))
+    batch = int(_get(chosen, "data.batch_size"))
+    channels, classes = channels_of(fp), len(fp.classes)
+    step_s = ctx.timer.train_step(model, tile, batch, channels, classes) * SAFETY[dev.kind]
+    steps = steps_per_epoch(ctx, chosen)
+    val_px = ctx.val_images * (fp.mean_pixels or median_pixels(fp))
+    val_s = val_px * ctx.timer.infer_pixel(model, channels, classes) * SAFETY[dev.kind]
+    setup_s = SETUP_SECONDS[dev.kind] + 0.05 * ctx.train_images * median_pixels(fp) / 1e6
+    fit_s = max(ctx.budget_s - setup_s, 0.5 * ctx.budget_s)
+    usable = BUDGET_FILL * fit_s
+    every = max(1, math.ceil(val_s / (VALIDATION_SHARE * (steps * step_s + 1.0))))
+    settings: dict[str, Any] = {}
+    fixed = ctx.fixed.get("train.epochs")
+    if fixed is not None:
+        epochs = int(fixed)
+        every = max(d for d in range(1, min(every, epochs) + 1) if epochs % d == 0)
+        fits = f"{epochs} epoch(s) set by you"
+    else:
+        epochs = max(1, int(usable / (steps * step_s + 1.0 + val_s / every)))
+        if every > 1:
+            every = min(every, epochs)
+            epochs = max(every, epochs // every * every)  # the last epoch is validated
+        fits = f"{epochs} epochs of {steps} steps fit"
+        if epochs < 10:  # resize the epoch so that the epochs fill the budget
+            epochs = max(1, round(usable / (steps * step_s + 1.0 + val_s)))
+            every = 1
+            steps = max(1, int((usable / epochs - 1.0 - val_s) / step_s))
+            crops = max(1, math.ceil(steps * batch / max(1, ctx.train_images)))
+            settings = {"data.crops_per_image": crops, "train.limit_train_batches": steps}
+            fits = (
+                f"{epochs} epoch(s) of {steps} steps fill it ({crops} crop(s) per image, "
+                f"train.limit_train_batches={steps})"
+            )
+    reason = (
+        f"a step of {batch} x {tile}-px tiles takes ~{step_s:.2f} s ({ctx.timer.source}, "
+        f"x{SAFETY[dev.kind]} margin), validation ~{val_s:.0f} s"
+        f"{f' every {every} epochs' if every > 1 else ''}: in {format_seconds(fit_s)} of training "
+        f"(budget {format_seconds(ctx.budget_s)} minus ~{setup_s:.0f} s start-up; planned to "
+        f"{BUDGET_FILL:.0%}) {fits}; train.max_minutes stops the run at the budget regardless"
+    )
+    return Decision(
+        {
+            "train.epochs": epochs,
+            "train.val_every": every,
+            "train.max_minutes": round(fit_s / 60.0, 2),
+            **settings,
+        },
+        reason,
+    )
+
+
+def choose_schedule(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
+    """Cosine decay to the end of the planned epochs, after a short linear warm-up."""
+    epochs = int(_get(chosen, "train.epochs"))
+    steps = steps_per_epoch(ctx, chosen)
+    total = epochs * steps
+    warm_steps = min(500, max(10, round(0.03 * total))) if total >= 50 else 0
+    warmup = round(warm_steps / steps, 2) if warm_steps else 0.0
+    if warmup and round(warmup * steps) >= total:
+        warmup = 0.0
+    reason = f"cosine decay over the {total} planned steps ends the run at a low rate"
+    reason += (
+        f", after {warm_steps} warm-up steps ({warmup:g} epochs) that keep the first high-rate "
+        "steps stable"
+        if warmup
+        else " (too few steps for a warm-up)"
+    )
+    return Decision(
+        {"schedule.name": "cosine", "schedule.warmup_epochs": warmup, "schedule.min_lr": 1e-6},
+        reason,
+    )
+
+
+def choose_augment(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
+    """Heavier augmentation for smaller datasets, unless the budget allows only a few passes."""
+    n = ctx.train_images
+    if n < 100:
+        preset, why = "heavy", f"{n} training images are few"
+    elif n < 1000:
+        preset, why = "medium", f"{n} training images"
+    else:
+        preset, why = "light", f"{n} training images are plenty"
+    epochs = int(_get(chosen, "train.epochs"))
+    if preset == "heavy" and epochs < 20:
+        preset = "medium"
+        why += f", but {epochs} epoch(s) are too few passes for heavy distortions to pay off"
+    return Decision({"augment.preset": preset}, f"{why}: {preset} augmentation")
+
+
+def choose_hardware(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
+    """The accelerator and precision for the device."""
+    if ctx.device.kind == "cuda":
+        return Decision(
+            {"train.accelerator": "gpu", "train.precision": "auto"},
+            f"{ctx.device.name}: mixed precision (bf16 where supported) roughly doubles speed",
+        )
+    return Decision(
+        {"train.accelerator": "cpu", "train.precision": "32"},
+        f"{ctx.device.name}: full precision (mixed precision does not speed up CPU training)",
+    )
+
+
+#: The default rules, in the order they run (later rules read what earlier ones chose).
+RULES: dict[str, Rule] = {
+    "hardware": choose_hardware,
+    "model": choose_model,
+    "weights": choose_encoder_weights,
+    "normalize": choose_normalization,
+    "tile": choose_tile_size,
+    "inference": choose_inference,
+    "batch": choose_batch_size,
+    "crops": choose_crops,
+    "class_weights": choose_class_weights,
+    "loss": choose_loss,
+    "optimizer": choose_optimizer,
+    "epochs": choose_epochs,
+    "schedule": choose_schedule,
+    "augment": choose_augment,
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Following the budget during training
+
+
+def budget_schedule_callback() -> Any:
+    """A Lightning callback that keeps a per-step schedule on time when steps run slow.
+
+    The plan sizes the schedule in steps from an estimated step time; on a machine that turns
+    out slower (other processes, thermal limits) ``train.max_minutes`` would stop training with
+    the learning rate still high. Before each step this callback advances the schedule to
+    ``max(step, elapsed / (BUDGET_FILL * max_time) * total)``: the rate reaches its floor when
+    the planned share of the time limit is used, however few steps that took. When steps are as
+    fast as planned, elapsed time lags the step count and nothing changes. It needs the
+    Trainer's ``max_time`` (its Timer) and a per-step LambdaLR schedule (cosine, poly...);
+    otherwise it does nothing.
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import Timer
+    from torch.optim.lr_scheduler import LambdaLR
+
+    class BudgetSchedule(L.Callback):
+        def on_train_batch_start(
+            self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+        ) -> None:
+            timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)  # type: ignore[attr-defined]
+            limit = getattr(timer, "_duration", None)
+            configs = trainer.lr_scheduler_configs
+            if timer is None or not limit or not configs:
+                return
+            scheduler = configs[0].scheduler
+            if not isinstance(scheduler, LambdaLR) or configs[0].interval != "step":
+                return
+            share = timer.time_elapsed("train") / (BUDGET_FILL * float(limit))
+            for group, fn in zip(
+                scheduler.optimizer.param_groups, scheduler.lr_lambdas, strict=False
+            ):
+                total, lr_at = getattr(fn, "total", None), getattr(fn, "lr", None)
+                if not isinstance(total, int) or not callable(lr_at):
+                    continue
+                step = max(scheduler.last_epoch, min(round(share * total), total - 1))
+                if step > scheduler.last_epoch:
+                    group["lr"] = float(lr_at(step))
+
+    return BudgetSchedule()
+
+
+# ------------------------------------------------------------------------------------------------
+# The plan
+
+
+@dataclass
+class Plan:
+    """The decisions, the settings they add up to, and what they were made from."""
+
+    decisions: dict[str, Decision]
+    settings: dict[str, Any]
+    fingerprint: Fingerprint
+    device: DeviceInfo
+    budget_s: float
+    dataset: Path | None = None
+    comments: dict[str, str] = field(default_factory=dict)  # dotted key -> the reason
+
+    def nested(self) -> dict[str, Any]:
+        """The settings as nested sections (what ``config.yaml`` holds)."""
+        out: dict[str, Any] = {}
+        for key, value in self.settings.items():
+            node = out
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        return out
+
+    def config(self) -> SegflowConfig:
+        """The validated config (defaults for every key the plan leaves alone)."""
+        from pydantic import ValidationError
+
+        from segflow.errors import validation_message
+
+        try:
+            return SegflowConfig.model_validate(self.nested())
+        except ValidationError as exc:
+            raise ConfigError(
+                f"the plan is not a valid config: {validation_message(exc)}"
+            ) from None
+
+    def header(self) -> list[str]:
+        """Lines summarising the fingerprint, the device and the budget."""
+        fp = self.fingerprint
+        dtypes = ", ".join(f"{k} x{v}" for k, v in fp.dtypes.items())
+        lines = [
+            f"dataset: {self.dataset or '-'}",
+            f"budget: {format_seconds(self.budget_s)} on {self.device.name} "
+            f"({self.device.memory_gb:.0f} GiB {'GPU' if self.device.kind == 'cuda' else 'RAM'})",
+            f"images: {fp.num_images} ({fp.num_labelled} labelled, "
+            f"{fp.empty_mask_share:.0%} of masks empty); size h {fp.height['min']:.0f}.."
+            f"{fp.height['max']:.0f} (median {fp.height['median']:.0f}), w {fp.width['min']:.0f}.."
+            f"{fp.width['max']:.0f} (median {fp.width['median']:.0f})",
+            f"pixels: {channels_of(fp)} channel(s), {dtypes}, values {fp.value_range[0]:g}.."
+            f"{fp.value_range[1]:g}, mean "
+            + ", ".join(f"{m:.4g}" for m in fp.channel_mean)
+            + ", std "
+            + ", ".join(f"{s:.4g}" for s in fp.channel_std),
+        ]
+        for c in fp.classes:
+            extra = (
+                f", {c.objects} objects (median {c.median_object_area:.0f} px, p90 extent "
+                f"{c.p90_object_extent:.0f} px), median width {c.median_width:.0f} px"
+                if c.id != 0 and c.objects
+                else ""
+            )
+            lines.append(f"class {c.id} {c.name}: {c.frequency:.2%} of pixels{extra}")
+        return lines
+
+    def to_yaml(self) -> str:
+        """The commented config: the header, then each key with its reason above it."""
+        from segflow._version import __version__
+
+        lines = [f"# Planned by segflow {__version__} plan: every setting below says why.", "#"]
+        lines += [f"# {line}" for line in self.header()]
+        lines += [
+            "#",
+            "# Keys not listed keep their defaults (`segflow config show --defaults`);",
+            "# change any with --set KEY=VALUE or by editing this file.",
+            "",
+        ]
+        lines += _emit(self.nested(), self.comments, "", 0)
+        return "\n".join(lines) + "\n"
+
+    def write(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`to_yaml` atomically; returns the path."""
+        from segflow.data.dataset import atomic_write_text
+
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, self.to_yaml())
+        return out
+
+    def rows(self) -> Iterator[tuple[str, str, str]]:
+        """``(decision, settings, reason)`` for display."""
+        for name, decision in self.decisions.items():
+            shown = ", ".join(
+                f"{k}={_flow(self.settings.get(k, v))}" for k, v in decision.settings.items()
+            )
+            yield name, shown, decision.reason
+
+
+def _flow(value: Any) -> str:
+    if isinstance(value, Path):
+        value = value.as_posix()
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6, allow_unicode=True)
+    return text.strip().removesuffix("...").strip()
+
+
+def _wrap(text: str, indent: str, width: int = 100) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(
+        text, width=width, initial_indent=f"{indent}# ", subsequent_indent=f"{indent}#   "
+    )
+
+
+def _emit(
+    node: Mapping[str, Any], comments: Mapping[str, str], prefix: str, depth: int
+) -> list[str]:
+    """YAML lines for a nested mapping, each key's reason above it (once per run of keys)."""
+    indent = "  " * depth
+    out: list[str] = []
+    said = ""
+    for key, value in node.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted.count(".") < 2 and not _leaf_dict(dotted):
+            out.append(f"{indent}{key}:")
+            out += _emit(value, comments, dotted + ".", depth + 1)
+            said = ""
+            continue
+        reason = comments.get(dotted, "")
+        if reason and reason != said:
+            out += _wrap(reason, indent)
+        said = reason or said
+        out.append(f"{indent}{key}: {_flow(value)}")
+    return out
+
+
+def _leaf_dict(dotted: str) -> bool:
+    """Config keys whose value is itself a mapping (not a section)."""
+    return dotted in ("model.kwargs", "loss.terms")
+
+
+class Planner:
+    """Runs the planning rules in order; any rule can be replaced by name.
+
+    Args:
+        rules: replacements, e.g. ``{"tile": lambda ctx, chosen: Decision({...}, "why")}``;
+            names not in :data:`RULES` are errors. Rules are called in :data:`RULES` order.
+    """
+
+    def __init__(self, rules: Mapping[str, Rule] | None = None) -> None:
+        self.rules = dict(RULES)
+        for name, rule in (rules or {}).items():
+            if name not in RULES:
+                raise UnknownNameError(f"unknown planning rule {name!r}; valid: {', '.join(RULES)}")
+            self.rules[name] = rule
+
+    def plan(self, ctx: PlanContext) -> Plan:
+        """Apply every rule; user-fixed settings win and are noted in the reasons."""
+        chosen: dict[str, Any] = dict(ctx.fixed)
+        settings: dict[str, Any] = {}
+        comments: dict[str, str] = {}
+        decisions: dict[str, Decision] = {}
+        if ctx.dataset is not None:
+            settings["data.dataset"] = Path(ctx.dataset).resolve().as_posix()
+            comments["data.dataset"] = "the dataset this plan was made for"
+        for name, rule in self.rules.items():
+            decision = rule(ctx, chosen)
+            own = dict(decision.settings)
+            mine = [k for k in own if k in ctx.fixed]
+            reason = decision.reason
+            if mine:
+                changed = [k for k in mine if own[k] != ctx.fixed[k]]
+                planned = ", ".join(f"{k}={_flow(own[k])}" for k in changed)
+                note = f" (the plan had {planned})" if changed else ""
+                reason = f"{', '.join(mine)} set by you{note}; {reason}"
+                own.update({k: ctx.fixed[k] for k in mine})
+            decisions[name] = Decision(own, reason)
+            for key, value in own.items():
+                chosen[key] = value
+                settings[key] = value
+                comments[key] = reason
+        for key, value in ctx.fixed.items():
+            if key not in settings:
+                settings[key] = value
+                comments[key] = "set by you"
+        ordered = _config_order(settings, [k for d in decisions.values() for k in d.settings])
+        return Plan(
+            decisions=decisions,
+            settings=ordered,
+            fingerprint=ctx.fingerprint,
+            device=ctx.device,
+            budget_s=ctx.budget_s,
+            dataset=ctx.dataset,
+            comments=comments,
+        )
+
+
+def _config_order(settings: Mapping[str, Any], decided: Sequence[str]) -> dict[str, Any]:
+    """Settings by config section, then in the order the rules decided them.
+
+    The keys of one decision stay together; ``data.dataset`` comes first, keys no rule set last.
+    """
+    sections: dict[str, int] = {}
+    for key in default_settings():
+        sections.setdefault(key.rsplit(".", 1)[0], len(sections))
+    rank = {key: i for i, key in enumerate(["data.dataset", *decided])}
+
+    def sort_key(item: tuple[str, Any]) -> tuple[int, int]:
+        section = item[0].rsplit(".", 1)[0]
+        return sections.get(section, len(sections)), rank.get(item[0], len(rank))
+
+    return dict(sorted(settings.items(), key=sort_key))
+
+
+def split_counts(dataset: Any, labelled: int) -> tuple[int, int]:
+    """Train and validation images from ``splits.csv``, or the runner's 80/20 default."""
+    splits = dataset.splits()
+    stems = {s.stem for s in dataset.labelled_samples()}
+    if splits:
+        rows = [r for r in splits.values() if r.stem in stems]
+        train = sum(1 for r in rows if r.split == "train")
+        val = sum(1 for r in rows if r.split == "val")
+        if train:
+            return train, val
+    val = round(0.2 * labelled)
+    return max(1, labelled - val), val
+
+
+def parse_fixed(overrides: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> dotted settings, checked against the config's keys."""
+    from segflow.config import load_config
+
+    load_config(None, overrides)  # unknown keys and bad values fail here, with did-you-mean
+    fixed: dict[str, Any] = {}
+    for item in overrides:
+        keys, value = parse_override(item)
+        fixed[".".join(keys)] = value
+    return fixed
+
+
+def plan_dataset(
+    dataset: str | os.PathLike[str],
+    *,
+    budget: str | float = "10m",
+    device: str = "auto",
+    overrides: Sequence[str] = (),
+    timing: Literal["measure", "table"] = "measure",
+    rules: Mapping[str, Rule] | None = None,
+    spent_s: float = 0.0,
+    progress: bool = False,
+) -> Plan:
+    """Fingerprint ``dataset`` and plan for ``device`` within ``budget``.
+
+    Args:
+        dataset: the canonical dataset folder.
+        budget: wall-clock time for the training run: ``"10m"``, ``"1h30m"``... or seconds.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        overrides: ``KEY=VALUE`` settings the plan must keep (and plan around).
+        timing: ``measure`` step times on this machine, or use the calibrated ``table``.
+        rules: replacement rules by name (see :class:`Planner`).
+        spent_s: seconds of the budget already used (planning inside ``segflow train``); the
+            plan's own scanning and measuring time is added to it.
+        progress: show a progress bar while scanning.
+    """
+    from segflow.data.dataset import CanonicalDataset
+    from segflow.data.fingerprint import fingerprint_dataset
+
+    start = time.monotonic()
+    budget_s = parse_budget(budget) if isinstance(budget, str) else float(budget)
+    if budget_s <= 0:
+        raise UsageError(f"budget {budget!r}: must be longer than 0 seconds")
+    if timing not in ("measure", "table"):
+        raise UsageError(f"timing {timing!r}: use measure or table")
+    fixed = parse_fixed(overrides)
+    ds = CanonicalDataset(dataset)
+    fp = fingerprint_dataset(ds, progress=progress)
+    dev = detect_device(device)
+    train_n, val_n = split_counts(ds, fp.num_labelled)
+    timer: StepTimer = (
+        MeasuredTimer(dev) if timing == "measure" and dev.present else TableTimer(dev)
+    )
+    planner = Planner(rules)
+
+    def context(spent: float) -> PlanContext:
+        return PlanContext(
+            fingerprint=fp,
+            device=dev,
+            budget_s=max(budget_s - spent, 0.25 * budget_s),
+            train_images=train_n,
+            val_images=val_n,
+            timer=timer,
+            dataset=Path(dataset),
+            fixed=fixed,
+        )
+
+    plan = planner.plan(context(spent_s))
+    if spent_s:  # timing ran inside the first pass: plan again with the time it took
+        plan = planner.plan(context(spent_s + time.monotonic() - start))
+        plan.budget_s = budget_s
+    return plan
