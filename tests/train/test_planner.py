@@ -20,11 +20,12 @@ from segflow.data.fingerprint import (
     structure_widths,
 )
 from segflow.errors import UnknownNameError, UsageError
+from segflow.train import plan_cost as C
 from segflow.train import planner as P
 from tests.fixtures.synthetic import make_dataset
 
-CPU = P.DeviceInfo("cpu", "CPU (2 cores)", 16.0, 2)
-GPU = P.DeviceInfo("cuda", "test GPU", 40.0, 8, present=False)
+CPU = C.DeviceInfo("cpu", "CPU (2 cores)", 16.0, 2)
+GPU = C.DeviceInfo("cuda", "test GPU", 40.0, 8, present=False)
 
 
 def _fp(
@@ -74,7 +75,7 @@ def _ctx(fp: Fingerprint | None = None, **kw: Any) -> P.PlanContext:
         "budget_s": 600.0,
         "train_images": 32,
         "val_images": 8,
-        "timer": P.TableTimer(device),
+        "timer": C.TableTimer(device),
         "has_weights": lambda encoder: False,
     }
     args.update(kw)
@@ -94,13 +95,13 @@ def _plan(ctx: P.PlanContext) -> P.Plan:
     [("90s", 90), ("10m", 600), ("1h", 3600), ("1h30m", 5400), ("1.5h", 5400), (" 2M ", 120)],
 )
 def test_budgets_parse(text: str, seconds: float) -> None:
-    assert P.parse_budget(text) == seconds
+    assert C.parse_budget(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["10", "10x", "", "m", "0m", "1m1h", "ten minutes"])
 def test_bad_budgets_are_usage_errors(text: str) -> None:
     with pytest.raises(UsageError, match="budget"):
-        P.parse_budget(text)
+        C.parse_budget(text)
 
 
 def test_cuda_requested_without_one_plans_for_a_nominal_gpu() -> None:
@@ -108,11 +109,11 @@ def test_cuda_requested_without_one_plans_for_a_nominal_gpu() -> None:
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    dev = P.detect_device("cuda")
+    dev = C.detect_device("cuda")
     assert dev.kind == "cuda" and not dev.present and dev.memory_gb == 16
-    assert P.detect_device("auto").kind == "cpu"
+    assert C.detect_device("auto").kind == "cpu"
     with pytest.raises(UsageError, match="--device"):
-        P.detect_device("tpu")
+        C.detect_device("tpu")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -208,7 +209,7 @@ def test_cuda_gets_a_bigger_model_tile_and_batch() -> None:
 
 
 def test_batch_follows_memory() -> None:
-    small = P.DeviceInfo("cuda", "small GPU", 4.0, 8, present=False)
+    small = C.DeviceInfo("cuda", "small GPU", 4.0, 8, present=False)
     d = P.choose_batch_size(_ctx(device=small), {"data.tile_size": 512})
     big = P.choose_batch_size(_ctx(device=GPU), {"data.tile_size": 512})
     assert P.MIN_BATCH <= d.value < big.value
@@ -241,7 +242,7 @@ def test_planned_epochs_fit_the_budget(budget: float, step: float) -> None:
     validations = s["train.epochs"] // s["train.val_every"]
     planned = s["train.epochs"] * steps * step * P.SAFETY["cpu"] + validations * val
     assert planned <= budget - P.SETUP_SECONDS["cpu"] + 1e-6 or s["train.epochs"] == 1
-    assert planned >= 0.6 * P.BUDGET_FILL * (budget - 31.0) or s["train.epochs"] == 1
+    assert planned >= 0.6 * C.BUDGET_FILL * (budget - 31.0) or s["train.epochs"] == 1
     assert s["train.max_minutes"] * 60 <= budget
     assert s["train.epochs"] % s["train.val_every"] == 0  # the last epoch is validated
 
@@ -407,7 +408,7 @@ def test_api_plan(tiny: Path, tmp_path: Path) -> None:
 
 
 def test_measured_timer_times_a_real_step() -> None:
-    timer = P.MeasuredTimer(CPU)
+    timer = C.MeasuredTimer(CPU)
     model = {"model.arch": "Unet", "model.encoder": "resnet18", "model.kwargs": {}}
     first = timer.train_step(model, 32, 4, 3, 2)
     assert 0 < first < 30 and timer.train_step(model, 32, 4, 3, 2) == first  # cached
@@ -445,11 +446,11 @@ def test_budget_with_a_config_is_a_usage_error(cli, tiny: Path, tmp_path: Path) 
 
 
 def test_a_busy_machine_cannot_shrink_the_plan_beyond_the_trust_factor() -> None:
-    timer = P.MeasuredTimer(CPU)
+    timer = C.MeasuredTimer(CPU)
     model = {"model.arch": "Unet", "model.encoder": "resnet18", "model.kwargs": {}}
-    table = P.TableTimer(CPU).train_step(model, 256, 4, 3, 2)
+    table = C.TableTimer(CPU).train_step(model, 256, 4, 3, 2)
     stalled = timer._trusted(40 * table, model, 256 * 256 * 4, 0)
-    assert stalled == pytest.approx(P.CPU_TRUST * table) and "busy" in timer.source
+    assert stalled == pytest.approx(C.CPU_TRUST * table) and "busy" in timer.source
     assert timer._trusted(table, model, 256 * 256 * 4, 0) == table
 
 
@@ -475,13 +476,13 @@ def test_budget_schedule_keeps_the_learning_rate_on_time() -> None:
         )
         return trainer, opt
 
-    callback = P.budget_schedule_callback()
-    slow, opt = setup(P.BUDGET_FILL * 100)  # the planned time is used up after 0 steps
+    callback = C.budget_schedule_callback()
+    slow, opt = setup(C.BUDGET_FILL * 100)  # the planned time is used up after 0 steps
     callback.on_train_batch_start(slow, None, None, 0)
     assert opt.param_groups[0]["lr"] < 2e-6  # annealed to the floor
     early, opt = setup(1.0)  # on schedule: 1% of the time, step 0
     callback.on_train_batch_start(early, None, None, 0)
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-3, rel=1e-3)
-    half, opt = setup(0.5 * P.BUDGET_FILL * 100)
+    half, opt = setup(0.5 * C.BUDGET_FILL * 100)
     callback.on_train_batch_start(half, None, None, 0)
     assert opt.param_groups[0]["lr"] == pytest.approx(5e-4, rel=0.05)  # cosine midpoint

@@ -511,7 +511,7 @@ def _fit(
                                          every_n_train_steps=t.checkpoint_every_steps,
                                          enable_version_counter=False))  # fmt: skip
     if t.max_minutes:  # a per-step schedule that keeps to the time limit on a slow machine
-        from segflow.train.planner import budget_schedule_callback
+        from segflow.train.plan_cost import budget_schedule_callback
 
         callbacks.append(budget_schedule_callback())
     callbacks.extend(extra_callbacks)
