@@ -164,7 +164,7 @@ def _plan_run(
 
     from segflow.config import load_config
     from segflow.train.planner import plan_dataset
-    from segflow.train.runner import RUN_NAME_ENV, _default_name
+    from segflow.train.runner import RUN_NAME_ENV, default_run_name
 
     base = load_config(None, overrides)
     joining = os.environ.get(RUN_NAME_ENV)  # a process started by a DDP launch: reuse the plan
@@ -179,7 +179,7 @@ def _plan_run(
         progress=True,
     )
     cfg = planned.config()
-    run_name = name or cfg.train.name or _default_name(cfg)
+    run_name = name or cfg.train.name or default_run_name(cfg)
     path = planned.write(cfg.train.output / run_name / PLAN_FILE)
     out = console()
     out.print(

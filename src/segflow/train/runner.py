@@ -277,7 +277,7 @@ def train(
     check_schedule(cfg.schedule, cfg.train.epochs, cfg.optimizer.lr)  # before any run folder
     if tracking_uri is not None:
         cfg.tracking.uri = tracking_uri
-    run_name = name or cfg.train.name or os.environ.get(RUN_NAME_ENV) or _default_name(cfg)
+    run_name = name or cfg.train.name or os.environ.get(RUN_NAME_ENV) or default_run_name(cfg)
     if folds is not None:
         return _train_folds(cfg, run_name, folds, progress=progress, callbacks=callbacks)
     run_dir = cfg.train.output / run_name
@@ -286,7 +286,8 @@ def train(
     return _fit(cfg, run_dir, run_name, progress=progress, extra_callbacks=callbacks)
 
 
-def _default_name(cfg: SegflowConfig) -> str:
+def default_run_name(cfg: SegflowConfig) -> str:
+    """``DATASET-ARCH-ENCODER-YYYYmmdd-HHMMSS``: the run folder's name when none is given."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     dataset = cfg.data.dataset.resolve().name if cfg.data.dataset else "data"
     return _slug(f"{dataset}-{cfg.model.arch}-{cfg.model.encoder}-{stamp}")
