@@ -184,22 +184,13 @@ def build_scheduler(
         raise ConfigError(f"a schedule needs >= 1 step and epoch, got {steps_per_epoch}, {epochs}")
     if not peak_lr > 0:
         raise ConfigError(f"the peak learning rate must be > 0, got {peak_lr}")
+    check_schedule(cfg, epochs, peak_lr)
     total = steps_per_epoch * epochs
     warmup = max(1, round(cfg.warmup_epochs * steps_per_epoch)) if cfg.warmup_epochs > 0 else 0
-    if warmup and cfg.name in ("onecycle", "plateau"):
-        own = "has its own warm-up" if cfg.name == "onecycle" else "is stepped per epoch"
-        raise ConfigError(
-            f"schedule.warmup_epochs must be 0 with {cfg.name} (it {own}); "
-            "set schedule.warmup_epochs=0 or use cosine / poly / constant"
-        )
-    if warmup >= total:
+    if warmup >= total:  # rounding to whole steps can still fill a short run
         raise ConfigError(
             f"schedule.warmup_epochs={cfg.warmup_epochs:g} covers the whole run ({epochs} epochs); "
             "make it shorter than train.epochs"
-        )
-    if cfg.name in ("cosine", "poly", "plateau") and cfg.min_lr > peak_lr:
-        raise ConfigError(
-            f"schedule.min_lr={cfg.min_lr:g} is above the peak learning rate {peak_lr:g}"
         )
 
     if cfg.name == "plateau":
