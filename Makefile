@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install quickstart test lint typecheck bench clean
+.PHONY: install browser quickstart test lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,17 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 quickstart: install
-	$(BIN)/segflow quickstart
+	$(BIN)/segflow quickstart --overwrite
 
-test: install
+# The web-page test drives Chromium headless: on Debian/Ubuntu install it when missing (the test
+# skips, saying why, where no Chromium can be installed).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && \
+	    { [ "$$(id -u)" = 0 ] && SUDO= || SUDO=sudo; \
+	      $$SUDO apt-get install -y -q chromium || echo "chromium not installed: browser test will skip"; }; } || true
+
+test: install browser
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 lint: install
