@@ -228,6 +228,34 @@ def test_sixteen_bit_input_keeps_precision():
     np.testing.assert_array_equal(np.rint(x * 65535).astype(np.uint16), raw)
 
 
+@pytest.mark.parametrize(
+    ("dtype", "channels", "cfg"),
+    [
+        (np.uint8, 3, {}),  # table path
+        (np.uint8, 3, {"roi": "auto"}),  # table path on the crop
+        (np.uint8, 1, {"roi": [5, 7, 90, 60]}),  # RGB -> grey, then table
+        (np.uint8, 3, {"resize": [48, 64]}),  # arithmetic path (resize)
+        (np.uint8, 3, {"clahe": True}),  # arithmetic path (CLAHE)
+        (np.uint16, 3, {}),  # arithmetic path (not 8-bit)
+    ],
+)
+def test_network_input_equals_image_normalize_transpose(dtype, channels, cfg):
+    raw = disc_image(dtype, 200 if dtype == np.uint8 else 50000)
+    raw[::7, ::5] = np.array([13, 250, 97], dtype)[None] * (1 if dtype == np.uint8 else 250)
+    norm = Normalization(
+        scale=255.0 if dtype == np.uint8 else 65535.0,
+        mean=[0.485, 0.456, 0.406][:channels] if channels == 3 else [0.45],
+        std=[0.229, 0.224, 0.225][:channels] if channels == 3 else [0.226],
+    )
+    p = Preprocessor(PreprocessConfig(**cfg), channels, norm)
+    x, geom = p.image(raw)
+    expected = p.normalize(x).transpose(2, 0, 1)
+    got, got_geom = p.network_input(raw)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    assert got_geom == geom
+    np.testing.assert_array_equal(got, expected)  # bit for bit, whichever path ran
+
+
 @pytest.mark.parametrize("classes", [1, 2])
 def test_restore_round_trip_gives_the_original_frame(classes):
     raw = disc_image()

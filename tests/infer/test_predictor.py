@@ -15,7 +15,7 @@ from segflow.data.preprocess import Normalization, Preprocessor
 from segflow.errors import DataError, UsageError
 from segflow.infer.outputs import write_coco, write_prediction
 from segflow.infer.postprocess import PostProcess, parse_class_list, parse_min_size, postprocess
-from segflow.infer.predictor import Predictor, _Member, expand_inputs
+from segflow.infer.predictor import Predictor, _Member, argmax_classes, expand_inputs
 from tests.fixtures.bundles import make_bundle
 from tests.models import make_meta
 
@@ -142,6 +142,30 @@ def test_streaming_keeps_accumulators_small() -> None:
     )  # independent of height
     labels = predictor.predict_array(image).labels  # the label-only path streams
     np.testing.assert_array_equal(labels, predictor.predict_array(image, probs=True).labels)
+
+
+@pytest.mark.parametrize("classes", [2, 3, 7])
+def test_argmax_classes_matches_numpy_including_ties(classes: int) -> None:
+    rng = np.random.default_rng(classes)
+    scores = rng.integers(0, 4, size=(classes, 33, 47)).astype(np.float32)  # many ties
+    got = argmax_classes(scores)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, scores.argmax(axis=0))
+
+
+def test_label_path_matches_probability_path_with_uneven_batches() -> None:
+    """Labels from unnormalised weighted sums (streamed, shifted accumulators) equal the argmax of
+    the blended probabilities, for batches that end mid-row and reach into the next tile row."""
+    image = _image(700, 450, seed=5)
+    fcn = TorchFCN(classes=4, seed=2)
+    for batch in (1, 3, 5, 11):
+        predictor = _predictor(fcn, classes=4, tile=128, overlap=0.4, batch=batch)
+        with_probs = predictor.predict_array(image, probs=True)
+        assert with_probs.probs is not None
+        np.testing.assert_array_equal(
+            predictor.predict_array(image).labels, with_probs.probs.argmax(axis=0)
+        )
+        np.testing.assert_array_equal(with_probs.labels, with_probs.probs.argmax(axis=0))
 
 
 def test_tta_averages_flipped_probabilities() -> None:
