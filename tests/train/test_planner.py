@@ -21,6 +21,7 @@ from segflow.data.fingerprint import (
 )
 from segflow.errors import UnknownNameError, UsageError
 from segflow.train import plan_cost as C
+from segflow.train import plan_rules as R
 from segflow.train import planner as P
 from tests.fixtures.synthetic import make_dataset
 
@@ -67,7 +68,7 @@ def _fp(
     )  # fmt: skip
 
 
-def _ctx(fp: Fingerprint | None = None, **kw: Any) -> P.PlanContext:
+def _ctx(fp: Fingerprint | None = None, **kw: Any) -> R.PlanContext:
     device = kw.pop("device", CPU)
     args: dict[str, Any] = {
         "fingerprint": fp or _fp(),
@@ -79,10 +80,10 @@ def _ctx(fp: Fingerprint | None = None, **kw: Any) -> P.PlanContext:
         "has_weights": lambda encoder: False,
     }
     args.update(kw)
-    return P.PlanContext(**args)
+    return R.PlanContext(**args)
 
 
-def _plan(ctx: P.PlanContext) -> P.Plan:
+def _plan(ctx: R.PlanContext) -> P.Plan:
     return P.Planner().plan(ctx)
 
 
@@ -121,76 +122,76 @@ def test_cuda_requested_without_one_plans_for_a_nominal_gpu() -> None:
 
 
 def test_thin_structures_get_more_dice() -> None:
-    thin = P.choose_loss(_ctx(_fp(width=3.0, fg_frequency=0.1)), {})
-    blobs = P.choose_loss(_ctx(_fp(width=20.0, fg_frequency=0.2)), {})
+    thin = R.choose_loss(_ctx(_fp(width=3.0, fg_frequency=0.1)), {})
+    blobs = R.choose_loss(_ctx(_fp(width=20.0, fg_frequency=0.2)), {})
     assert thin.value["dice"] > thin.value["ce"] and "thin" in thin.reason
     assert blobs.value == {"ce": 0.5, "dice": 0.5}
 
 
 def test_rare_structures_get_more_dice() -> None:
-    rare = P.choose_loss(_ctx(_fp(width=20.0, fg_frequency=0.01)), {})
+    rare = R.choose_loss(_ctx(_fp(width=20.0, fg_frequency=0.01)), {})
     assert rare.value["dice"] > rare.value["ce"] and "rare" in rare.reason
 
 
 def test_sixteen_bit_images_are_normalised_by_their_statistics() -> None:
-    d = P.choose_normalization(_ctx(_fp(dtype="uint16")), {"model.encoder_weights": "imagenet"})
+    d = R.choose_normalization(_ctx(_fp(dtype="uint16")), {"model.encoder_weights": "imagenet"})
     assert d.value == "dataset" and "not by /255" in d.reason and "uint16" in d.reason
 
 
 def test_imagenet_statistics_only_with_pretrained_rgb() -> None:
     fp = _fp()
-    assert P.choose_normalization(_ctx(fp), {"model.encoder_weights": "imagenet"}).value == (
+    assert R.choose_normalization(_ctx(fp), {"model.encoder_weights": "imagenet"}).value == (
         "imagenet"
     )
-    assert P.choose_normalization(_ctx(fp), {"model.encoder_weights": None}).value == "dataset"
+    assert R.choose_normalization(_ctx(fp), {"model.encoder_weights": None}).value == "dataset"
     grey = _fp(channels=1)
-    assert P.choose_normalization(_ctx(grey), {"model.encoder_weights": "imagenet"}).value == (
+    assert R.choose_normalization(_ctx(grey), {"model.encoder_weights": "imagenet"}).value == (
         "dataset"
     )
 
 
 def test_weights_only_when_cached() -> None:
     cached = _ctx(has_weights=lambda enc: enc == "resnet18")
-    assert P.choose_encoder_weights(cached, {"model.encoder": "resnet18"}).value == "imagenet"
-    assert P.choose_encoder_weights(cached, {"model.encoder": "resnet34"}).value is None
+    assert R.choose_encoder_weights(cached, {"model.encoder": "resnet18"}).value == "imagenet"
+    assert R.choose_encoder_weights(cached, {"model.encoder": "resnet34"}).value is None
     assert (
-        P.choose_optimizer(cached, {"model.encoder_weights": "imagenet"}).settings["optimizer.lr"]
-        < P.choose_optimizer(cached, {"model.encoder_weights": None}).settings["optimizer.lr"]
+        R.choose_optimizer(cached, {"model.encoder_weights": "imagenet"}).settings["optimizer.lr"]
+        < R.choose_optimizer(cached, {"model.encoder_weights": None}).settings["optimizer.lr"]
     )
 
 
 def test_big_images_are_tiled_small_ones_are_not() -> None:
     big = _ctx(_fp(size=(3000, 4000)))
-    tile = P.choose_tile_size(big, {}).value
-    assert tile == P.BASE_TILE["cpu"] < 3000
-    inference = P.choose_inference(big, {"data.tile_size": tile})
+    tile = R.choose_tile_size(big, {}).value
+    assert tile == R.BASE_TILE["cpu"] < 3000
+    inference = R.choose_inference(big, {"data.tile_size": tile})
     assert "tiles" in inference.reason
     small = _ctx(_fp(size=(96, 120), extent=20.0))
-    assert P.choose_tile_size(small, {}).value == 128  # 120 px rounded up to a multiple of 32
-    one = P.choose_inference(small, {"data.tile_size": 128})
+    assert R.choose_tile_size(small, {}).value == 128  # 120 px rounded up to a multiple of 32
+    one = R.choose_inference(small, {"data.tile_size": 128})
     assert "fit in one" in one.reason
 
 
 def test_large_objects_grow_the_tile_thin_ones_do_not() -> None:
-    organs = P.choose_tile_size(_ctx(_fp(size=(1024, 1024), extent=300.0)), {})
+    organs = R.choose_tile_size(_ctx(_fp(size=(1024, 1024), extent=300.0)), {})
     assert organs.value == 480 and "context" in organs.reason  # 1.5 x 300 px, multiple of 32
-    vessels = P.choose_tile_size(_ctx(_fp(size=(1024, 1024), width=3.0, extent=1000.0)), {})
-    assert vessels.value == P.BASE_TILE["cpu"] and "full resolution" in vessels.reason
+    vessels = R.choose_tile_size(_ctx(_fp(size=(1024, 1024), width=3.0, extent=1000.0)), {})
+    assert vessels.value == R.BASE_TILE["cpu"] and "full resolution" in vessels.reason
 
 
 def test_tiny_dataset_gets_heavier_augmentation() -> None:
     long = {"train.epochs": 100}
-    assert P.choose_augment(_ctx(train_images=20), long).value == "heavy"
-    assert P.choose_augment(_ctx(train_images=400), long).value == "medium"
-    assert P.choose_augment(_ctx(train_images=5000), long).value == "light"
-    short = P.choose_augment(_ctx(train_images=20), {"train.epochs": 3})
+    assert R.choose_augment(_ctx(train_images=20), long).value == "heavy"
+    assert R.choose_augment(_ctx(train_images=400), long).value == "medium"
+    assert R.choose_augment(_ctx(train_images=5000), long).value == "light"
+    short = R.choose_augment(_ctx(train_images=20), {"train.epochs": 3})
     assert short.value == "medium" and "too few passes" in short.reason
 
 
 def test_strong_imbalance_gets_class_weights() -> None:
-    strong = P.choose_class_weights(_ctx(_fp(fg_frequency=0.005)), {})
+    strong = R.choose_class_weights(_ctx(_fp(fg_frequency=0.005)), {})
     assert strong.value == "auto" and "strong imbalance" in strong.reason
-    assert P.choose_class_weights(_ctx(_fp(fg_frequency=0.1)), {}).value is None
+    assert R.choose_class_weights(_ctx(_fp(fg_frequency=0.1)), {}).value is None
 
 
 def test_larger_budget_more_epochs() -> None:
@@ -210,9 +211,9 @@ def test_cuda_gets_a_bigger_model_tile_and_batch() -> None:
 
 def test_batch_follows_memory() -> None:
     small = C.DeviceInfo("cuda", "small GPU", 4.0, 8, present=False)
-    d = P.choose_batch_size(_ctx(device=small), {"data.tile_size": 512})
-    big = P.choose_batch_size(_ctx(device=GPU), {"data.tile_size": 512})
-    assert P.MIN_BATCH <= d.value < big.value
+    d = R.choose_batch_size(_ctx(device=small), {"data.tile_size": 512})
+    big = R.choose_batch_size(_ctx(device=GPU), {"data.tile_size": 512})
+    assert R.MIN_BATCH <= d.value < big.value
     assert "GiB" in d.reason
 
 
@@ -237,11 +238,11 @@ def test_planned_epochs_fit_the_budget(budget: float, step: float) -> None:
     ctx = _ctx(_fp(size=(960, 1000)), budget_s=budget, timer=_FixedTimer(step), train_images=22)
     plan = _plan(ctx)
     s = plan.settings
-    steps = P.steps_per_epoch(ctx, s)
-    val = 8 * 960 * 1000 * 1e-7 * P.SAFETY["cpu"]
+    steps = R.steps_per_epoch(ctx, s)
+    val = 8 * 960 * 1000 * 1e-7 * R.SAFETY["cpu"]
     validations = s["train.epochs"] // s["train.val_every"]
-    planned = s["train.epochs"] * steps * step * P.SAFETY["cpu"] + validations * val
-    assert planned <= budget - P.SETUP_SECONDS["cpu"] + 1e-6 or s["train.epochs"] == 1
+    planned = s["train.epochs"] * steps * step * R.SAFETY["cpu"] + validations * val
+    assert planned <= budget - R.SETUP_SECONDS["cpu"] + 1e-6 or s["train.epochs"] == 1
     assert planned >= 0.6 * C.BUDGET_FILL * (budget - 31.0) or s["train.epochs"] == 1
     assert s["train.max_minutes"] * 60 <= budget
     assert s["train.epochs"] % s["train.val_every"] == 0  # the last epoch is validated
@@ -258,8 +259,8 @@ def test_validation_is_spaced_when_it_is_expensive() -> None:
 
 
 def test_rules_can_be_replaced_and_later_rules_follow() -> None:
-    def tile(ctx: P.PlanContext, chosen: Any) -> P.Decision:
-        return P.Decision({"data.tile_size": 128}, "my tile")
+    def tile(ctx: R.PlanContext, chosen: Any) -> R.Decision:
+        return R.Decision({"data.tile_size": 128}, "my tile")
 
     plan = P.Planner({"tile": tile}).plan(_ctx())
     assert plan.settings["data.tile_size"] == 128

@@ -5,7 +5,7 @@ a :class:`StepTimer` estimates the seconds of one training step and of inference
 either measured on this machine (:class:`MeasuredTimer`: a few real forward/backward passes of
 the chosen network) or read from :data:`CPU_TABLE` / :data:`GPU_TABLE` (:class:`TableTimer`).
 :func:`budget_schedule_callback` keeps the learning-rate schedule on the clock during training.
-The rules that turn these estimates into settings are in :mod:`segflow.train.planner`.
+The rules that turn these estimates into settings are in :mod:`segflow.train.plan_rules`.
 """
 
 from __future__ import annotations
