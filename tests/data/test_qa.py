@@ -38,6 +38,18 @@ def test_clean_dataset_has_no_findings_and_writes_outputs(tmp_path: Path) -> Non
     assert html.count("data:image/png;base64") == 2  # class balance + size plots
 
 
+def test_check_writes_the_planners_fingerprint(tmp_path: Path) -> None:
+    """fingerprint.json from `segflow check` holds what `segflow plan` measures, widths included."""
+    from segflow.data.fingerprint import Fingerprint, fingerprint_dataset
+
+    root = make_dataset(tmp_path / "ds", n=5, size=(48, 64), num_classes=3)
+    run_check(root, html=False)
+    written = Fingerprint.model_validate_json((root / "fingerprint.json").read_text())
+    planned = fingerprint_dataset(root)
+    assert written.classes == planned.classes
+    assert all(c.median_width > 0 and c.p90_object_extent > 0 for c in written.classes[1:])
+
+
 def test_every_problem_is_found(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "ds", n=10, num_classes=4)
     img, msk = root / "images", root / "masks"

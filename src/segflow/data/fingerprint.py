@@ -103,11 +103,6 @@ def object_stats(
     return areas, extents
 
 
-def object_areas(mask: np.ndarray, class_ids: Sequence[int]) -> dict[int, list[int]]:
-    """Areas (in original pixels) of the 8-connected components of each class in ``mask``."""
-    return object_stats(mask, class_ids)[0]
-
-
 def _width_windows(height: int, width: int) -> list[tuple[int, int, int, int]]:
     """``(y0, y1, x0, x1)`` windows on which widths are measured (the whole mask if small)."""
     if height * width <= WIDTH_MAX_PIXELS:

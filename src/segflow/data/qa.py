@@ -22,7 +22,7 @@ from segflow._parallel import parallel_map
 from segflow._version import __version__
 from segflow.data import image_io
 from segflow.data.dataset import CanonicalDataset, SplitRow, atomic_write_text, now_iso
-from segflow.data.fingerprint import Fingerprint, SampleStats, image_channel_stats, object_areas
+from segflow.data.fingerprint import Fingerprint, SampleStats, sample_stats
 from segflow.errors import DataError, SegflowError
 from segflow.registry import Registry
 
@@ -123,31 +123,21 @@ def _scan(job: _ScanJob) -> SampleScan:
             scan.mask_error = str(exc)
     if image is None:
         return scan
-    sums, sqsums, mins, maxs = image_channel_stats(image)
-    stats = SampleStats(
-        job.stem,
-        image.shape[0],
-        image.shape[1],
-        image.shape[2],
-        str(image.dtype),
-        sums,
-        sqsums,
-        mins,
-        maxs,
-    )
+    labelled = mask is not None and mask.shape == image.shape[:2]
+    fg = list(range(1, job.num_classes))
+    # The same statistics as `segflow plan`'s scan (sizes, channels, class pixels, object areas
+    # and extents, structure widths), so that fingerprint.json is the planner's fingerprint.
+    stats = sample_stats(job.stem, image, mask if labelled else None, fg)
     digest = hashlib.blake2b(image.tobytes(), digest_size=16)
     digest.update(f"{image.shape}{image.dtype}".encode())
     scan.pixel_hash = digest.hexdigest()
     grey = Image.fromarray(to_display_rgb(image)).convert("L")
     scan.phash = str(imagehash.phash(grey, hash_size=PHASH_SIZE))
-    if mask is not None and mask.shape == image.shape[:2]:
-        counts = np.bincount(mask.ravel(), minlength=256)
-        stats.class_pixels = counts.tolist()
+    if labelled:
+        counts = np.asarray(stats.class_pixels)
         scan.bad_values = [
             int(v) for v in np.flatnonzero(counts) if v >= job.num_classes and v != job.ignore_index
         ]
-        fg = [c for c in range(1, job.num_classes) if counts[c] > 0]
-        stats.object_areas = object_areas(mask, fg)
     scan.stats = stats
     return scan
 
