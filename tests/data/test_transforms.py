@@ -229,17 +229,20 @@ def test_sixteen_bit_input_keeps_precision():
 
 
 @pytest.mark.parametrize(
-    ("dtype", "channels", "cfg"),
+    ("dtype", "channels", "cfg", "table"),
     [
-        (np.uint8, 3, {}),  # table path
-        (np.uint8, 3, {"roi": "auto"}),  # table path on the crop
-        (np.uint8, 1, {"roi": [5, 7, 90, 60]}),  # RGB -> grey, then table
-        (np.uint8, 3, {"resize": [48, 64]}),  # arithmetic path (resize)
-        (np.uint8, 3, {"clahe": True}),  # arithmetic path (CLAHE)
-        (np.uint16, 3, {}),  # arithmetic path (not 8-bit)
+        (np.uint8, 3, {}, True),
+        (np.uint8, 3, {"roi": "auto"}, True),  # on the crop
+        (np.uint8, 1, {"roi": [5, 7, 90, 60]}, True),  # RGB -> grey, then the table
+        (np.uint8, 3, {"resize": [48, 64]}, False),
+        (np.uint8, 3, {"clahe": True}, False),
+        (np.uint16, 3, {}, True),  # 65,536 levels
+        (np.uint16, 3, {"roi": "auto"}, True),  # ROI on the image's own range
+        (np.uint16, 3, {"resize": [48, 64]}, False),
+        (np.float32, 3, {}, False),
     ],
 )
-def test_network_input_equals_image_normalize_transpose(dtype, channels, cfg):
+def test_network_input_equals_image_normalize_transpose(dtype, channels, cfg, table, monkeypatch):
     raw = disc_image(dtype, 200 if dtype == np.uint8 else 50000)
     raw[::7, ::5] = np.array([13, 250, 97], dtype)[None] * (1 if dtype == np.uint8 else 250)
     norm = Normalization(
@@ -250,6 +253,12 @@ def test_network_input_equals_image_normalize_transpose(dtype, channels, cfg):
     p = Preprocessor(PreprocessConfig(**cfg), channels, norm)
     x, geom = p.image(raw)
     expected = p.normalize(x).transpose(2, 0, 1)
+    if table:  # the table path must not fall back to the arithmetic one
+
+        def no_arithmetic(raw):
+            raise AssertionError("image() called")
+
+        monkeypatch.setattr(p, "image", no_arithmetic)
     got, got_geom = p.network_input(raw)
     assert got.dtype == np.float32 and got.flags.c_contiguous
     assert got_geom == geom
