@@ -259,10 +259,18 @@ def test_network_input_equals_image_normalize_transpose(dtype, channels, cfg, ta
             raise AssertionError("image() called")
 
         monkeypatch.setattr(p, "image", no_arithmetic)
-    got, got_geom = p.network_input(raw)
+    source, got_geom = p.network_input(raw)
+    got = source.array()
     assert got.dtype == np.float32 and got.flags.c_contiguous
-    assert got_geom == geom
+    assert got_geom == geom and source.shape == expected.shape
     np.testing.assert_array_equal(got, expected)  # bit for bit, whichever path ran
+    # Bands of rows, written into a wider zeroed buffer as the tiler does, match too.
+    c, h, w = expected.shape
+    for y0, y1 in ((0, 1), (3, 17), (h - 5, h)):
+        buf = np.zeros((c, y1 - y0, w + 7), np.float32)
+        source.rows(y0, y1, out=buf[:, :, :w])
+        np.testing.assert_array_equal(buf[:, :, :w], expected[:, y0:y1])
+        assert not buf[:, :, w:].any()
 
 
 @pytest.mark.parametrize("classes", [1, 2])

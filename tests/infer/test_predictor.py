@@ -137,9 +137,20 @@ def test_streaming_keeps_accumulators_small() -> None:
     assert peak <= 2 * 128  # about a tile row in flight, not the image
     taller = _image(4096, 300)
     x2, _ = predictor._prepare(member, taller)
+    reads: list[tuple[int, int]] = []
+    rows = x2.rows
+
+    def recorded(y0: int, y1: int, out: np.ndarray | None = None) -> np.ndarray:
+        reads.append((y0, y1))
+        return rows(y0, y1, out)
+
+    x2.rows = recorded  # type: ignore[method-assign]
     assert (
         max(s[2].shape[1] for s in predictor._stream(member, x2)) <= 2 * 128
     )  # independent of height
+    # The input is read in bands of one tile row, each once: never the whole image.
+    assert max(y1 - y0 for y0, y1 in reads) == 128
+    assert len(reads) == len(set(reads)) and sum(y1 - y0 for y0, y1 in reads) < 1.5 * 4096
     labels = predictor.predict_array(image).labels  # the label-only path streams
     np.testing.assert_array_equal(labels, predictor.predict_array(image, probs=True).labels)
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from segflow.data import image_io
 from segflow.data.dataset import ClassInfo
-from segflow.data.preprocess import Geometry, Preprocessor
+from segflow.data.preprocess import Geometry, NetworkInput, Preprocessor
 from segflow.errors import DataError, UsageError
 from segflow.infer.backends import Backend, resolve_backend_name
 from segflow.infer.postprocess import PostProcess, postprocess
@@ -263,13 +263,13 @@ class Predictor:
             return labels
         return argmax_classes(probs)
 
-    def _prepare(self, m: _Member, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
+    def _prepare(self, m: _Member, image: np.ndarray) -> tuple[NetworkInput, Geometry]:
         return m.preprocessor.network_input(image)
 
     def _member_probs(self, m: _Member, image: np.ndarray) -> np.ndarray:
         """Probabilities (binary: 1 x H x W foreground, else K x H x W) at the original size."""
         x, geom = self._prepare(m, image)
-        h, w = x.shape[1:]
+        _, h, w = x.shape
         out = np.empty((m.channels, h, w), dtype=np.float32)
         for y0, y1, strip in self._stream(m, x):
             out[:, y0:y1] = strip
@@ -293,19 +293,20 @@ class Predictor:
         return labels
 
     def _stream(
-        self, m: _Member, x: np.ndarray, *, normalise: bool = True
+        self, m: _Member, x: NetworkInput, *, normalise: bool = True
     ) -> Iterator[tuple[int, int, np.ndarray]]:
         """Yield ``(y0, y1, probs[:, y0:y1])`` for finished rows of the unpadded image.
+
+        The input is read one band of tile rows at a time (zero-padded to the network stride),
+        so float32 copies of the image never span more than the rows a batch covers.
 
         With ``normalise=False`` the strips are the Gaussian-weighted sums of probabilities, not
         yet divided by the sum of weights: the same ordering of classes at every pixel. Those
         strips are views of the accumulators, valid until the next one is asked for.
         """
-        _, h, w = x.shape
+        c, h, w = x.shape
         ph, pw = padded_size(h, w, DIVISOR)
         th, tw = fit_tile(ph, pw, m.tile, DIVISOR)
-        if (ph, pw) != (h, w):
-            x = np.pad(x, ((0, 0), (0, ph - h), (0, pw - w)))
         ys, xs = tile_starts(ph, th, m.overlap), tile_starts(pw, tw, m.overlap)
         weight = (
             gaussian_weights(th, tw) if m.blend == "gaussian" else np.ones((th, tw), np.float32)
@@ -319,12 +320,27 @@ class Predictor:
         rows_ahead = -(-m.batch // len(xs)) + 1
         acc = np.zeros((k, min(ph, th + rows_ahead * step), pw), np.float32)
         norm = np.zeros(acc.shape[1:], np.float32) if normalise else None
+        bands: dict[int, np.ndarray] = {}  # tile row start -> C x th x pw input rows
+        spare: list[np.ndarray] = []  # bands no longer needed, reused (no new page faults)
+
+        def band(y: int) -> np.ndarray:
+            if y not in bands:
+                buf = spare.pop() if spare else np.zeros((c, th, pw), np.float32)
+                n = min(th, h - y)  # y < h always: the last tile row ends < DIVISOR below h
+                x.rows(y, y + n, out=buf[:, :n, :w])  # columns >= w stay 0 (padding)
+                buf[:, n:] = 0.0
+                bands[y] = buf
+            return bands[y]
+
         lo = 0  # image row of the accumulators' first row (the first row not yet yielded)
         used = 0  # accumulator rows holding sums; the rows below are zero
         done_rows = 0  # tile rows fully accumulated
         for start in range(0, len(origins), m.batch):
             chunk = origins[start : start + m.batch]
-            batch = np.stack([x[:, y : y + th, xx : xx + tw] for y, xx in chunk])
+            first = chunk[0][0]
+            for y in [y for y in bands if y < first]:
+                spare.append(bands.pop(y))
+            batch = np.stack([band(y)[:, :, xx : xx + tw] for y, xx in chunk])
             probs = self._tile_probs(m, batch)
             need = max(y for y, _ in chunk) + th - lo
             if need > acc.shape[1]:  # a batch reaching further ahead than planned
