@@ -7,9 +7,11 @@ tile, blend tiles with a Gaussian importance map, crop the padding, undo the ROI
 models are averaged in probability space or by majority vote. Then threshold (binary) or argmax,
 and post-process per class.
 
-Tiles are streamed in row-major order and finished rows leave the accumulators at once, so the
-float32 accumulators only span about one tile row; for a large image without ROI/resize steps
-the probabilities are never held whole unless asked for.
+Tiles are streamed in row-major order: the normalised input is made one band of tile rows at a
+time (:class:`~segflow.data.preprocess.NetworkInput`) and finished rows leave the accumulators
+at once, so the float32 buffers only span about one tile row. For an 8- or 16-bit image whose
+preprocessing is per pixel (no resize, CLAHE or diffusion) and without a ROI, neither a float32
+copy of the image nor the probabilities are ever held whole unless asked for.
 """
 
 from __future__ import annotations
