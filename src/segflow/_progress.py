@@ -21,6 +21,7 @@ class ProgressBar:
     def __init__(self, enabled: bool, label: str, total: int) -> None:
         self._progress: Any = None
         self._task: Any = None
+        self._detail: Any = None
         if enabled:
             from rich.console import Console
 
@@ -63,3 +64,11 @@ class ProgressBar:
         """Mark ``n`` more items done."""
         if self._progress is not None:
             self._progress.advance(self._task, n)
+
+    def detail(self, label: str, completed: int, total: int) -> None:
+        """Show progress within the current item on a second line (tiles of a large image)."""
+        if self._progress is None:
+            return
+        if self._detail is None:
+            self._detail = self._progress.add_task(label, total=total)
+        self._progress.update(self._detail, description=label, completed=completed, total=total)

@@ -225,6 +225,8 @@ def predict(
     written = []
     kept = []
     with ProgressBar(progress, "predict", len(files)) as bar:
+        if progress:  # a large image takes minutes: show its tiles too
+            predictor.on_tiles = lambda done, total: bar.detail("tiles", done, total)
         for path in files:
             pred = predictor.predict_path(path, probs=probs)
             written.append(

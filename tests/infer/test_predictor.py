@@ -197,6 +197,47 @@ def test_tta_averages_flipped_probabilities() -> None:
     np.testing.assert_allclose(flipped, (plain + plain[:, :, ::-1]) / 2, atol=1e-5)
 
 
+def test_tile_progress_hook_counts_every_tile_of_every_model() -> None:
+    from segflow.infer.tiling import tile_starts
+
+    image = _image(300, 200)  # padded to 320 x 224
+    n = len(tile_starts(320, 64, 0.25)) * len(tile_starts(224, 64, 0.25))
+    backend = PointwiseBackend()
+    single = _predictor(backend, tile=64, batch=3)
+    calls: list[tuple[int, int]] = []
+    single.on_tiles = lambda done, total: calls.append((done, total))
+    single.predict_array(image)
+    assert backend.calls == -(-n // 3) and len(calls) == backend.calls  # one call per batch
+    assert calls[-1] == (n, n) and all(total == n for _, total in calls)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    m = single.members[0]
+    pair = Predictor(
+        [m, _Member(m.meta, PointwiseBackend(), m.preprocessor, 64, 0.25, "gaussian", 4, ())]
+    )
+    calls.clear()
+    pair.on_tiles = lambda done, total: calls.append((done, total))
+    pair.predict_array(image, probs=True)
+    assert calls[-1] == (2 * n, 2 * n) and all(total == 2 * n for _, total in calls)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+def test_progress_bar_detail_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    from segflow._progress import ProgressBar
+
+    ProgressBar(False, "off", 3).detail("tiles", 1, 9)  # disabled: a no-op
+    monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
+    with ProgressBar(True, "predict", 2) as bar:
+        bar.detail("tiles", 4, 28)
+        bar.detail("tiles", 28, 28)
+        tasks = bar._progress.tasks
+    assert [(t.description, t.completed, t.total) for t in tasks] == [
+        ("predict", 0, 2),
+        ("tiles", 28, 28),
+    ]
+
+
 def test_ensemble_mean_and_vote() -> None:
     image = _image(64, 96)
     a = _predictor(PointwiseBackend())

@@ -20,7 +20,7 @@ import glob
 import itertools
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -136,6 +136,9 @@ class Predictor:
         self.post = (
             post if post is not None else PostProcess.model_validate(first.postprocess or {})
         )
+        #: Called after every batch of tiles with ``(tiles done, tiles in all)`` for the image
+        #: being predicted (all models of an ensemble counted): a progress bar's hook.
+        self.on_tiles: Callable[[int, int], None] | None = None
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
@@ -221,10 +224,11 @@ class Predictor:
             image = image[:, :, None]
         if image.ndim != 3 or min(image.shape[:2]) < 1:
             raise DataError(None, f"expected an H x W x C image, got shape {image.shape}")
+        count = _TileCount(self.on_tiles, len(self.members)) if self.on_tiles else None
         if len(self.members) == 1 and not probs and _identity(self.members[0], image):
-            labels = self._labels_streamed(self.members[0], image)
+            labels = self._labels_streamed(self.members[0], image, count)
             return Prediction(postprocess(labels, self.post), None, stem)
-        full = [self._member_probs(m, image) for m in self.members]
+        full = [self._member_probs(m, image, count) for m in self.members]
         if self.combine == "vote" and len(full) > 1:
             votes = np.stack([self._labels_from_probs(p) for p in full])
             k = len(self.classes)
@@ -268,12 +272,14 @@ class Predictor:
     def _prepare(self, m: _Member, image: np.ndarray) -> tuple[NetworkInput, Geometry]:
         return m.preprocessor.network_input(image)
 
-    def _member_probs(self, m: _Member, image: np.ndarray) -> np.ndarray:
+    def _member_probs(
+        self, m: _Member, image: np.ndarray, count: _TileCount | None = None
+    ) -> np.ndarray:
         """Probabilities (binary: 1 x H x W foreground, else K x H x W) at the original size."""
         x, geom = self._prepare(m, image)
         _, h, w = x.shape
         out = np.empty((m.channels, h, w), dtype=np.float32)
-        for y0, y1, strip in self._stream(m, x):
+        for y0, y1, strip in self._stream(m, x, count=count):
             out[:, y0:y1] = strip
         if geom.processed == geom.original and geom.roi == (
             0,
@@ -284,18 +290,25 @@ class Predictor:
             return out
         return m.preprocessor.restore(out, geom)
 
-    def _labels_streamed(self, m: _Member, image: np.ndarray) -> np.ndarray:
+    def _labels_streamed(
+        self, m: _Member, image: np.ndarray, count: _TileCount | None = None
+    ) -> np.ndarray:
         x, _ = self._prepare(m, image)
         labels = np.empty(x.shape[1:], dtype=np.uint8)
         # Multi-class labels need only the argmax, which the per-pixel sum of blending weights
         # cannot change: the weighted sums are used as they are, not divided by it.
         exact = self.task == "binary"
-        for y0, y1, strip in self._stream(m, x, normalise=exact):
+        for y0, y1, strip in self._stream(m, x, normalise=exact, count=count):
             labels[y0:y1] = self._labels_from_probs(strip)
         return labels
 
     def _stream(
-        self, m: _Member, x: NetworkInput, *, normalise: bool = True
+        self,
+        m: _Member,
+        x: NetworkInput,
+        *,
+        normalise: bool = True,
+        count: _TileCount | None = None,
     ) -> Iterator[tuple[int, int, np.ndarray]]:
         """Yield ``(y0, y1, probs[:, y0:y1])`` for finished rows of the unpadded image.
 
@@ -350,6 +363,8 @@ class Predictor:
                 if norm is not None:
                     norm = np.concatenate([norm, np.zeros((need - norm.shape[0], pw), np.float32)])
             used = max(used, need)
+            if count is not None:
+                count.done(start + len(chunk), len(origins))
             probs *= weight  # in place: every tile's probabilities weighted at once
             for (y, xx), p in zip(chunk, probs, strict=True):
                 acc[:, y - lo : y - lo + th, xx : xx + tw] += p
@@ -384,6 +399,26 @@ class Predictor:
         if m.tta:
             probs /= 1 + len(m.tta)
         return probs
+
+
+class _TileCount:
+    """Tiles done for one image across the models of an ensemble, reported to a hook.
+
+    The total is exact for the models that have started and assumes the same tile count for
+    those still to come (the usual case: one image, same tile size).
+    """
+
+    def __init__(self, hook: Callable[[int, int], None], models: int) -> None:
+        self.hook = hook
+        self.models = models
+        self.base = 0  # tiles of the models already finished
+        self.finished = 0
+
+    def done(self, tiles: int, total: int) -> None:
+        self.hook(self.base + tiles, self.base + total * (self.models - self.finished))
+        if tiles == total:
+            self.base += total
+            self.finished += 1
 
 
 def argmax_classes(scores: np.ndarray) -> np.ndarray:
