@@ -32,36 +32,14 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from _bench import bench_bundle, disc_image
 
 
 def _make(work: Path, encoder: str, tile: int) -> Path:
     """An untrained bundle with its ONNX export."""
-    import torch
-
-    from segflow.data.dataset import make_classes
     from segflow.export.onnx import export_onnx
-    from segflow.models.bundle import BundleMeta, InferenceSettings, Normalization, save_bundle
-    from segflow.models.factory import create_model
 
-    torch.manual_seed(0)
-    model = create_model("Unet", encoder, in_channels=3, classes=3).eval()
-    meta = BundleMeta(
-        name="bench",
-        task="multiclass",
-        classes=make_classes(["background", "a", "b"]),
-        arch="Unet",
-        encoder=encoder,
-        model_kwargs={},
-        in_channels=3,
-        out_channels=3,
-        normalization=Normalization(
-            scale=255.0, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]
-        ),
-        input_dtype="uint8",
-        tile_size=tile,
-        inference=InferenceSettings(tile_size=tile, overlap=0.25),
-    )
-    bundle = save_bundle(work / "bench.segflow", model, meta)
+    bundle = bench_bundle(work, encoder, tile)
     # Untrained BatchNorm statistics give logits near 100; float32 rounding then exceeds the
     # default 1e-4 parity tolerance (relative error ~3e-6), which is irrelevant for timing.
     export_onnx(bundle, tolerance=1e-3)
@@ -70,15 +48,7 @@ def _make(work: Path, encoder: str, tile: int) -> Path:
 
 def _image(size: int) -> np.ndarray:
     """Discs of random colours: structure rather than noise (a realistic PNG size)."""
-    import cv2
-
-    rng = np.random.default_rng(0)
-    image = np.full((size, size, 3), 30, np.uint8)
-    for _ in range(60):
-        centre = (int(rng.integers(size)), int(rng.integers(size)))
-        colour = tuple(int(c) for c in rng.integers(0, 255, 3))
-        cv2.circle(image, centre, int(rng.integers(5, size // 8)), colour, -1)
-    return image
+    return disc_image(size, 60, (5, size // 8), background=30)
 
 
 def _in_process_child(bundle: Path, image_path: Path) -> None:

@@ -32,53 +32,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _bench import bench_bundle, disc_image
 
 
 def _make(work: Path, size: int, tile: int) -> tuple[Path, Path]:
     """A bundle with an ONNX export, and a test image with structure (not noise)."""
-    import cv2
-    import torch
-
-    from segflow.data.dataset import make_classes
     from segflow.export.onnx import export_onnx
-    from segflow.models.bundle import BundleMeta, InferenceSettings, Normalization, save_bundle
-    from segflow.models.factory import create_model
 
-    torch.manual_seed(0)
-    model = create_model("Unet", "resnet34", in_channels=3, classes=3)
-    # Give BatchNorm the running statistics of real activations, as training would: with the
-    # initial ones an untrained ResNet's logits reach ~100 and float32 rounding alone exceeds the
-    # export's 1e-4 parity tolerance (they stay near 1 after this, as a trained model's do).
-    with torch.no_grad():
-        for _ in range(5):
-            model(torch.randn(4, 3, 256, 256))
-    model.eval()
-    meta = BundleMeta(
-        name="bench",
-        task="multiclass",
-        classes=make_classes(["background", "a", "b"]),
-        arch="Unet",
-        encoder="resnet34",
-        model_kwargs={},
-        in_channels=3,
-        out_channels=3,
-        normalization=Normalization(
-            scale=255.0, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]
-        ),
-        input_dtype="uint8",
-        tile_size=tile,
-        inference=InferenceSettings(tile_size=tile, overlap=0.25),
-    )
-    bundle = save_bundle(work / "bench.segflow", model, meta)
+    bundle = bench_bundle(work, "resnet34", tile, realistic_bn=True)
     export_onnx(bundle)
-    rng = np.random.default_rng(0)
-    image = np.zeros((size, size, 3), np.uint8)
-    for _ in range(400):
-        centre = (int(rng.integers(size)), int(rng.integers(size)))
-        colour = tuple(int(c) for c in rng.integers(0, 255, 3))
-        cv2.circle(image, centre, int(rng.integers(10, 120)), colour, -1)
     path = work / "image.npy"
-    np.save(path, image)
+    np.save(path, disc_image(size, 400, (10, 120)))
     return bundle, path
 
 

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _bench import bench_bundle, disc_image
 
 TILE = 512
 
@@ -35,40 +36,9 @@ def _rss_mb() -> float:
 
 
 def _make(work: Path, size: int) -> tuple[Path, Path]:
-    import cv2
-    import torch
-
-    from segflow.data.dataset import make_classes
-    from segflow.models.bundle import BundleMeta, InferenceSettings, Normalization, save_bundle
-    from segflow.models.factory import create_model
-
-    torch.manual_seed(0)
-    model = create_model("Unet", "resnet18", in_channels=3, classes=3).eval()
-    meta = BundleMeta(
-        name="bench",
-        task="multiclass",
-        classes=make_classes(["background", "a", "b"]),
-        arch="Unet",
-        encoder="resnet18",
-        model_kwargs={},
-        in_channels=3,
-        out_channels=3,
-        normalization=Normalization(
-            scale=255.0, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]
-        ),
-        input_dtype="uint8",
-        tile_size=TILE,
-        inference=InferenceSettings(tile_size=TILE, overlap=0.25),
-    )
-    bundle = save_bundle(work / "bench.segflow", model, meta)
-    rng = np.random.default_rng(0)
-    image = np.zeros((size, size, 3), np.uint8)
-    for _ in range(800):
-        centre = (int(rng.integers(size)), int(rng.integers(size)))
-        colour = tuple(int(c) for c in rng.integers(0, 255, 3))
-        cv2.circle(image, centre, int(rng.integers(10, 240)), colour, -1)
+    bundle = bench_bundle(work, "resnet18", TILE)
     path = work / "image.npy"
-    np.save(path, image)
+    np.save(path, disc_image(size, 800, (10, 240)))
     return bundle, path
 
 
