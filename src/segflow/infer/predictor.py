@@ -233,7 +233,7 @@ class Predictor:
             votes = np.stack([self._labels_from_probs(p) for p in full])
             k = len(self.classes)
             counts = np.stack([(votes == c).sum(axis=0) for c in range(k)])
-            labels = counts.argmax(axis=0).astype(np.uint8)
+            labels = argmax_classes(counts)
             mean = np.mean(full, axis=0)
         else:
             mean = full[0] if len(full) == 1 else np.mean(full, axis=0)
