@@ -238,3 +238,42 @@ def test_smp_counts_an_absent_class_as_its_zero_division() -> None:
     assert m["micro"]["iou"] == pytest.approx(  # micro pools counts: absent classes add nothing
         float(smp_metrics.iou_score(tp, fp, fn, tn, reduction="micro"))
     )
+
+
+@pytest.mark.parametrize("seed", [1, 4])
+def test_micro_imagewise_matches_segmentation_models_pytorch(seed: int) -> None:
+    k = 4
+    preds, target, acc = _random(seed, k)
+    tp, fp, fn, tn = _smp(preds, target, k)
+    m = evaluation_metrics(acc.total, acc.stack, NAMES)
+    for key, fn_ in (("iou", smp_metrics.iou_score), ("dice", smp_metrics.f1_score)):
+        expected = float(fn_(tp, fp, fn, tn, reduction="micro-imagewise"))
+        assert m["micro_imagewise"][key] == pytest.approx(expected)
+    # foreground only = SMP's multilabel stats over the foreground channels, summed per image
+    fg_tp, fg_fp, fg_fn, fg_tn = (t[:, 1:] for t in (tp, fp, fn, tn))
+    for key, fn_ in (("iou", smp_metrics.iou_score), ("dice", smp_metrics.f1_score)):
+        expected = float(fn_(fg_tp, fg_fp, fg_fn, fg_tn, reduction="micro-imagewise"))
+        assert m["micro_imagewise_fg"][key] == pytest.approx(expected)
+    # and it is a different number from the macro per-image mean (so the column means something)
+    assert m["micro_imagewise_fg"]["iou"] != pytest.approx(m["per_image"]["iou_fg"])
+
+
+def test_micro_imagewise_fg_matches_smp_binary_mode_and_skips_empty_images() -> None:
+    rng = np.random.default_rng(3)
+    truth = (rng.random((3, 16, 16)) > 0.6).astype(np.uint8)
+    pred = (rng.random((3, 16, 16)) > 0.5).astype(np.uint8)
+    truth[2] = 0
+    pred[2] = 0  # nothing to find and nothing found: undefined, not a perfect 1
+    acc = ConfusionAccumulator(2)
+    for i in range(3):
+        acc.update(truth[i], pred[i], stem=str(i))
+    m = evaluation_metrics(acc.total, acc.stack, ["bg", "fg"])
+    tp, fp, fn, tn = smp_metrics.get_stats(
+        torch.from_numpy(pred[:2, None]).long(),
+        torch.from_numpy(truth[:2, None]).long(),
+        mode="binary",
+    )
+    expected = float(smp_metrics.iou_score(tp, fp, fn, tn, reduction="micro-imagewise"))
+    assert m["micro_imagewise_fg"]["iou"] == pytest.approx(expected)
+    rows = json.loads(json.dumps(json_ready(m)))
+    assert rows["micro_imagewise_fg"]["dice"] is not None

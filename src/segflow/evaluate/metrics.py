@@ -24,6 +24,12 @@ Aggregates (:func:`evaluation_metrics`):
 - **macro**: the mean over classes of the per-class scores of the total matrix (all images'
   pixels pooled per class), undefined classes excluded; **macro_fg** the same without class 0
   (background).
+- **micro_imagewise**: TP/FP/FN summed over the classes of one image, that image's IoU/Dice, the
+  mean over images (segmentation_models_pytorch ``reduction="micro-imagewise"``); over every class
+  it follows each image's pixel accuracy, so **micro_imagewise_fg** sums over the foreground
+  classes only (class 0 left out: SMP's binary mode), which is what a per-image "vessel Dice" or
+  "nucleus Dice" means. Images whose sums are 0 (nothing to find, nothing found) are undefined
+  and left out of the mean.
 - **per_image**: each image's scores from its own matrix; ``iou``/``dice`` (and ``_fg``) are the
   mean over images of each image's macro score, ``accuracy`` the mean pixel accuracy, and
   ``per_class[name]`` the mean over images of that class's score; images where the score is
@@ -39,6 +45,18 @@ from typing import Any
 import numpy as np
 
 SCORES = ("iou", "dice", "precision", "recall")
+#: The per-image aggregate columns of ``per_image.csv``, in order.
+IMAGE_AGGREGATES = (
+    "mIoU",
+    "mDice",
+    "mIoU_fg",
+    "mDice_fg",
+    "acc",
+    "IoU_micro",
+    "Dice_micro",
+    "IoU_micro_fg",
+    "Dice_micro_fg",
+)
 
 
 def scores_from_confusion(confusion: np.ndarray) -> dict[str, np.ndarray]:
@@ -104,6 +122,20 @@ def micro_scores(confusion: np.ndarray) -> dict[str, float]:
     }
 
 
+def micro_fg_scores(confusion: np.ndarray) -> dict[str, float]:
+    """IoU and Dice of one matrix with TP/FP/FN summed over the foreground classes (1..K-1)."""
+    cm = np.asarray(confusion, dtype=np.float64)
+    tp_all = np.diag(cm)
+    tp = float(tp_all[1:].sum())
+    fp = float((cm.sum(axis=0) - tp_all)[1:].sum())
+    fn = float((cm.sum(axis=1) - tp_all)[1:].sum())
+    den = tp + fp + fn
+    return {
+        "iou": tp / den if den else float("nan"),
+        "dice": 2 * tp / (2 * tp + fp + fn) if den else float("nan"),
+    }
+
+
 def macro_scores(
     per_class: dict[str, np.ndarray], *, skip_background: bool = False
 ) -> dict[str, float]:
@@ -116,8 +148,9 @@ def image_scores(stack: np.ndarray) -> dict[str, np.ndarray]:
     """Scores of each image from an ``N x K x K`` stack of per-image matrices.
 
     Returns ``iou``/``dice``/``precision``/``recall`` as ``N x K`` arrays, and per image (``N``):
-    ``mIoU``/``mDice`` (mean over defined classes), ``mIoU_fg``/``mDice_fg`` (without class 0)
-    and ``acc`` (pixel accuracy); NaN where undefined.
+    ``mIoU``/``mDice`` (mean over defined classes), ``mIoU_fg``/``mDice_fg`` (without class 0),
+    ``acc`` (pixel accuracy), ``IoU_micro``/``Dice_micro`` (TP/FP/FN summed over the classes) and
+    ``IoU_micro_fg``/``Dice_micro_fg`` (summed over the foreground classes); NaN where undefined.
     """
     cms = np.asarray(stack, dtype=np.float64)
     n = cms.shape[0]
@@ -129,6 +162,12 @@ def image_scores(stack: np.ndarray) -> dict[str, np.ndarray]:
     out["mIoU_fg"] = np.array([nanmean(r[1:]) for r in out["iou"]])
     out["mDice_fg"] = np.array([nanmean(r[1:]) for r in out["dice"]])
     out["acc"] = np.array([pixel_accuracy(cm) for cm in cms])
+    micro = [micro_scores(cm) for cm in cms]
+    micro_fg = [micro_fg_scores(cm) for cm in cms]
+    out["IoU_micro"] = np.array([m["iou"] for m in micro], dtype=np.float64)
+    out["Dice_micro"] = np.array([m["dice"] for m in micro], dtype=np.float64)
+    out["IoU_micro_fg"] = np.array([m["iou"] for m in micro_fg], dtype=np.float64)
+    out["Dice_micro_fg"] = np.array([m["dice"] for m in micro_fg], dtype=np.float64)
     return out
 
 
@@ -144,7 +183,8 @@ def evaluation_metrics(
 
     Returns:
         A nested dict of floats (NaN where undefined): ``per_class[name][score]``, ``micro``,
-        ``macro``, ``macro_fg``, ``per_image`` (with ``per_class[name]["iou" | "dice"]``).
+        ``macro``, ``macro_fg``, ``micro_imagewise``, ``micro_imagewise_fg``, ``per_image``
+        (with ``per_class[name]["iou" | "dice"]``).
     """
     per_class = scores_from_confusion(total)
     images = image_scores(stack)
@@ -164,6 +204,14 @@ def evaluation_metrics(
         "micro": micro_scores(total),
         "macro": macro_scores(per_class),
         "macro_fg": macro_scores(per_class, skip_background=True),
+        "micro_imagewise": {
+            "iou": nanmean(images["IoU_micro"]),
+            "dice": nanmean(images["Dice_micro"]),
+        },
+        "micro_imagewise_fg": {
+            "iou": nanmean(images["IoU_micro_fg"]),
+            "dice": nanmean(images["Dice_micro_fg"]),
+        },
         "per_image": {
             "iou": nanmean(images["mIoU"]),
             "dice": nanmean(images["mDice"]),
@@ -193,7 +241,11 @@ def json_ready(value: Any) -> Any:
 def per_image_rows(
     stems: Sequence[str], stack: np.ndarray, names: Sequence[str]
 ) -> list[dict[str, Any]]:
-    """One row per image: ``stem``, ``IoU/<class>``, ``Dice/<class>``, mIoU, mDice, mIoU_fg, mDice_fg, acc."""
+    """One row per image: ``stem``, ``IoU/<class>``, ``Dice/<class>``, the per-image aggregates.
+
+    The aggregates: mIoU, mDice, mIoU_fg, mDice_fg, acc, IoU_micro, Dice_micro, IoU_micro_fg,
+    Dice_micro_fg (see :func:`image_scores`).
+    """
     scores = image_scores(stack)
     rows = []
     for i, stem in enumerate(stems):
@@ -201,7 +253,7 @@ def per_image_rows(
         for j, name in enumerate(names):
             row[f"IoU/{name}"] = float(scores["iou"][i, j])
             row[f"Dice/{name}"] = float(scores["dice"][i, j])
-        for key in ("mIoU", "mDice", "mIoU_fg", "mDice_fg", "acc"):
+        for key in IMAGE_AGGREGATES:
             row[key] = float(scores[key][i])
         rows.append(row)
     return rows
@@ -227,6 +279,9 @@ def flat_metrics(metrics: dict[str, Any], total: np.ndarray, prefix: str) -> dic
     flat = summary(total, names, prefix=prefix)
     flat[f"{prefix}micro_IoU"] = metrics["micro"]["iou"]
     flat[f"{prefix}mIoU_per_image"] = metrics["per_image"]["iou"]
+    flat[f"{prefix}IoU_micro_imagewise"] = metrics["micro_imagewise"]["iou"]
+    flat[f"{prefix}IoU_micro_imagewise_fg"] = metrics["micro_imagewise_fg"]["iou"]
+    flat[f"{prefix}Dice_micro_imagewise_fg"] = metrics["micro_imagewise_fg"]["dice"]
     for name, scores in metrics["per_class"].items():
         flat[f"{prefix}Precision/{name}"] = scores["precision"]
         flat[f"{prefix}Recall/{name}"] = scores["recall"]
