@@ -86,6 +86,7 @@ from segflow.export.torchscript import quiet_jit
 from segflow.export.verify import (
     DEFAULT_SHAPES,
     LogitsFn,
+    check_bf16,
     check_parity,
     example_input,
     file_sha256,
@@ -226,6 +227,55 @@ def onnx_runner(path: Path, threads: int | None = None) -> LogitsFn:
     return run
 
 
+def export_after_training(bundle_path: str | os.PathLike[str]) -> ExportInfo | None:
+    """``segflow train``'s last step: export the best bundle to ONNX, never failing the run.
+
+    A trained bundle is then fast out of the box (``--backend auto`` can pick onnxruntime or
+    OpenVINO, bf16 where the export check found it safe). A failure is a warning naming the reason;
+    the bundle stays as it was.
+    """
+    path = Path(bundle_path)
+    if not (path / "bundle.yaml").is_file():
+        return None
+    try:
+        info = export_onnx(path)
+    except Exception as exc:  # any failure (exporter, parity, disk) must not fail the run
+        log.warning("%s: no ONNX export (%s); predict runs on torch", path, first_line(exc))
+        return None
+    bf16 = info.bf16
+    log.info(
+        "exported %s/model.onnx (bf16 %s)",
+        path,
+        f"keeps {bf16.agreement:.2%} of decisions" if bf16 else "not checked",
+    )
+    return info
+
+
+def _bf16_runners(model: torch.nn.Module, staged: Path) -> dict[str, LogitsFn]:
+    """bf16 runs to check: torch autocast always, OpenVINO bf16 where it runs natively here."""
+    from segflow._hw import cpu_supports_bf16
+
+    runners = {"torch-bf16": torch_runner(model, bf16=True)}
+    if not cpu_supports_bf16():
+        return runners
+    try:
+        import openvino as ov
+
+        core = ov.Core()
+        compiled = core.compile_model(
+            core.read_model(str(staged)), "CPU", {"INFERENCE_PRECISION_HINT": "bf16"}
+        )
+    except Exception as exc:  # not installed, or cannot compile: torch's bf16 run still counts
+        log.info("bf16 check without OpenVINO (%s)", first_line(exc))
+        return runners
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(compiled(batch)[0], dtype=np.float32)
+
+    runners["openvino-bf16"] = run
+    return runners
+
+
 def export_onnx(
     bundle_path: str | os.PathLike[str],
     *,
@@ -308,6 +358,9 @@ def export_onnx(
                 continue
             if failures:
                 log.warning("%s; used the %s exporter", "; ".join(failures), name)
+            bf16 = check_bf16(
+                eager, _bf16_runners(bundle.model, staged), shapes, meta.in_channels, seed
+            )
             info = ExportInfo(
                 file=ONNX_FILE,
                 format="onnx",
@@ -317,6 +370,7 @@ def export_onnx(
                 sha256=file_sha256(staged),
                 dynamic_axes=DYNAMIC_AXES,
                 parity=parity,
+                bf16=bf16,
             )
             return publish(folder, staged, info)
         raise DataError(
