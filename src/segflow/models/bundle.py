@@ -87,6 +87,9 @@ class Bf16Check(_Strict):
     min_agreement: float = Field(ge=0, le=1, description="the agreement bf16 had to reach")
     safe: bool = Field(description="agreement >= min_agreement: backend auto may choose bf16")
     runtimes: list[str] = Field(description="the bf16 runs compared (the worst counts)")
+    inputs: str = Field(
+        "parity inputs", description="what was compared: the random parity inputs or N images"
+    )
 
 
 class ExportInfo(_Strict):
