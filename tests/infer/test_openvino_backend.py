@@ -254,3 +254,22 @@ def test_cli_predict_prints_the_choice(
 
     settings = json.loads((tmp_path / "ev" / "metrics.json").read_text())["settings"]
     assert (settings["backend"], settings["precision"]) == ("openvino", "f32")
+
+
+def test_serve_workers_get_backend_and_precision(
+    bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from segflow.serve import server
+
+    monkeypatch.setenv(server.ENV_BUNDLE, str(bundle))
+    monkeypatch.setenv(server.ENV_BACKEND, "openvino")
+    monkeypatch.setenv(server.ENV_PRECISION, "f32")
+    monkeypatch.setenv(server.ENV_THREADS, "1")
+    with TestClient(server.app_from_env()) as client:
+        assert client.get("/info").json()["backend"] == "openvino"
+    monkeypatch.setenv(server.ENV_BACKEND, "onnx")
+    monkeypatch.setenv(server.ENV_PRECISION, "bf16")
+    with pytest.raises(UsageError, match="--backend onnx runs f32 only"):
+        server.app_from_env()
