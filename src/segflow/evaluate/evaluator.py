@@ -359,6 +359,7 @@ def evaluate(
         predictor = Predictor.from_bundles(
             bundles, backend=backend, device=device, tta=tta, precision=precision, threads=threads
         )
+    if hasattr(predictor, "describe_backends"):  # injected predictors (tests) may not say
         logging.getLogger("segflow.infer.backend").info("%s", predictor.describe_backends())
     _check_classes(bundles[0], "predictor", list(predictor.classes), ds)
     classes, names = ds.meta.classes, ds.meta.class_names
