@@ -52,7 +52,11 @@ def test_tiled_inference_trains_a_bundle_and_runs_every_backend(tmp_path: Path) 
     assert "trained here" in text and "export bf16 check: " in text
     assert _number(r"segflow-auto / monai-bf16 throughput: ([\d.]+)", text) > 0
     assert _number(r"segflow-auto / monai-f32 throughput: ([\d.]+)", text) > 0
-    assert re.search(r"segflow-auto chose: backend: (onnx|openvino|torch) (f32|bf16) \(", text)
+    assert re.search(
+        r"segflow-auto chose: backend: (onnx|openvino|torch) (f32|bf16) \(cached", text
+    )
+    assert "auto's one-time measurement (then cached): " in text
+    assert "foreground share of the fp32 eager mask: " in text
     table = r"^(\S+) +([\d.]+) +([\d.]+) +(\d+) MB +([\d.]+|-) +([\d.]+|-)$"
     rows = {m[0]: m for m in re.findall(table, text, flags=re.MULTILINE)}
     for kind in (

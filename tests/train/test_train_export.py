@@ -35,3 +35,19 @@ def test_a_failed_export_is_a_warning(cli, tmp_path: Path, monkeypatch: pytest.M
     assert "no ONNX export (" in res.stderr and "unsupported operator Foo" in res.stderr
     assert not (run / "best.segflow" / "model.onnx").exists()
     assert read_bundle_meta(run / "best.segflow").exports == {}
+
+
+def test_relative_tolerance_scales_with_the_logits(tmp_path: Path) -> None:
+    import torch
+
+    from segflow.export.onnx import relative_tolerance
+    from segflow.models.bundle import load_bundle
+    from tests.export import tiny_bundle
+
+    bundle = tiny_bundle(tmp_path / "m.segflow")
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 128, 160, generator=torch.Generator().manual_seed(0))[:1]
+    with torch.inference_mode():
+        scale = float(load_bundle(bundle).model(x).abs().max())
+    assert relative_tolerance(bundle) == pytest.approx(1e-4 * max(1.0, scale), rel=1e-5)
+    assert relative_tolerance(bundle, base=1e-3) == pytest.approx(1e-3 * max(1.0, scale), rel=1e-5)

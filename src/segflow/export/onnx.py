@@ -260,18 +260,39 @@ def validation_images(meta: BundleMeta, limit: int = 4, size: int = 512) -> list
     return out
 
 
+def relative_tolerance(bundle_path: str | os.PathLike[str], base: float = 1e-4) -> float:
+    """``base`` x max(1, the largest |logit| of the network on the first parity input).
+
+    float32 rounding grows with the logits: a trained network's logits on the random parity
+    inputs reach the hundreds (818 measured after 40 s of CHASE_DB1 training), and onnxruntime
+    then differs from PyTorch by ~1e-3 with no error at all (relative 1.6e-6). The decision
+    agreement (>= 99.99%) still guards the masks.
+    """
+    import torch
+
+    from segflow.models.bundle import load_bundle
+
+    bundle = load_bundle(bundle_path)
+    _, height, width = DEFAULT_SHAPES[0]
+    x = example_input(DEFAULT_SHAPES, bundle.meta.in_channels)[:1, :, :height, :width]
+    with torch.inference_mode():
+        scale = float(bundle.model(x).abs().max())
+    return base * max(1.0, scale) if np.isfinite(scale) else base
+
+
 def export_after_training(bundle_path: str | os.PathLike[str]) -> ExportInfo | None:
     """``segflow train``'s last step: export the best bundle to ONNX, never failing the run.
 
     A trained bundle is then fast out of the box (``--backend auto`` can pick onnxruntime or
-    OpenVINO, bf16 where the export check found it safe on the run's validation images). A
-    failure is a warning naming the reason; the bundle stays as it was.
+    OpenVINO, bf16 where the export check found it safe on the run's validation images). The
+    logit tolerance is relative (:func:`relative_tolerance`). A failure is a warning naming the
+    reason; the bundle stays as it was.
     """
     path = Path(bundle_path)
     if not (path / "bundle.yaml").is_file():
         return None
     try:
-        info = export_onnx(path)
+        info = export_onnx(path, tolerance=relative_tolerance(path))
     except Exception as exc:  # any failure (exporter, parity, disk) must not fail the run
         log.warning("%s: no ONNX export (%s); predict runs on torch", path, first_line(exc))
         return None
