@@ -71,7 +71,9 @@ class TorchBackend:
         )
         if self.device.type == "cpu" and precision == "bf16":
             self.amp, self.dtype = True, torch.bfloat16
-        self.precision = "bf16" if self.amp and self.dtype == torch.bfloat16 else precision
+        self.precision = (
+            ("bf16" if self.dtype == torch.bfloat16 else "f16") if self.amp else precision
+        )
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Logits for the batch (float32 numpy)."""

@@ -116,7 +116,9 @@ def build(name: str, precision: str, path: Path, req: Request) -> Backend:
     from segflow.infer.backends import TorchBackend
     from segflow.models.bundle import load_bundle
 
-    return TorchBackend(load_bundle(path), device=req.device, precision=precision)
+    # CUDA keeps its mixed precision unless f32 is asked for explicitly
+    amp = req.precision != "f32"
+    return TorchBackend(load_bundle(path), device=req.device, amp=amp, precision=precision)
 
 
 def _forced(path: Path, meta: BundleMeta, req: Request) -> tuple[Backend, Choice]:
@@ -141,7 +143,8 @@ def _forced(path: Path, meta: BundleMeta, req: Request) -> tuple[Backend, Choice
     else:
         precision = "bf16" if allowed else "f32"
         reason = f"--backend {name}" + (f"; f32: {why}" if why else "; bf16: native and safe")
-    return build(name, precision, path, req), Choice(name, precision, reason)
+    engine = build(name, precision, path, req)
+    return engine, Choice(name, str(getattr(engine, "precision", precision)), reason)
 
 
 def candidates(path: Path, meta: BundleMeta, precision: str) -> tuple[list[str], list[str]]:
