@@ -176,13 +176,17 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
         reference = np.load(image_path.with_name("labels.npy"))
+        from segflow.models.bundle import read_bundle_meta
+
+        meta = read_bundle_meta(bundle)
     local_p50 = statistics.median(t for t, _ in pairs)
     served_p50 = statistics.median(t for _, t in pairs)
     same = bool(np.array_equal(mask, reference))
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {threads} onnxruntime threads")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {threads} threads")
     print(
-        f"image {args.size}x{args.size} RGB PNG ({len(png) / 1024:.0f} kB), Unet-{args.encoder}, "
-        f"tile {args.size}, served backend {backend}, {args.runs} runs after {args.warmup} warm-up"
+        f"image {args.size}x{args.size} RGB PNG ({len(png) / 1024:.0f} kB), {meta.arch}-{meta.encoder}, "
+        f"tile {meta.inference.tile_size}, served backend {backend}, {args.runs} runs after "
+        f"{args.warmup} warm-up"
     )
     print(f"in-process {choice}")
     print(f"in-process Predictor.predict_array  p50 {local_p50 * 1000:8.1f} ms")
