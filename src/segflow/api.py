@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -167,12 +168,17 @@ def predict(
     color: bool = True,
     overlay: bool = True,
     progress: bool = False,
+    precision: str = "auto",
+    threads: int | None = None,
 ) -> list[dict[str, Path]]:
     """``segflow predict BUNDLE INPUT... --out DIR``: writes masks and returns the files per image.
 
     Post-processing flags add to the bundle's own settings: ``min_size`` takes ``"N"`` (every
     foreground class) or ``"CLASS=N"``; ``fill_holes``/``keep_largest`` take class names, ids or
     ``"all"``. ``tta`` is ``"h,v,hv"``-style (``"none"`` turns the bundle's TTA off).
+    ``backend`` is ``auto`` (the fastest measured here, cached), ``torch``, ``onnx`` or
+    ``openvino``; ``precision`` ``auto``, ``f32`` or ``bf16``; the choice and its reason are
+    logged on ``segflow.infer`` (the CLI prints them).
     """
     from segflow._progress import ProgressBar
     from segflow.errors import UsageError
@@ -219,7 +225,10 @@ def predict(
         threshold=threshold,
         postprocess=post,
         combine=combine,  # type: ignore[arg-type]
+        precision=precision,
+        threads=threads,
     )
+    logging.getLogger("segflow.infer.backend").info("%s", predictor.describe_backends())
     files = expand_inputs(inputs)
     out_dir = Path(out)
     written = []
@@ -261,6 +270,8 @@ def evaluate(
     tta: Sequence[str] | None = None,
     worst_k: int = 8,
     progress: bool = False,
+    precision: str = "auto",
+    threads: int | None = None,
 ) -> EvalResult:
     """``segflow eval BUNDLE DATASET``: a list of bundles is an ensemble (``--with``).
 
@@ -280,6 +291,8 @@ def evaluate(
         tta=tta,
         worst_k=worst_k,
         progress=progress,
+        precision=precision,
+        threads=threads,
     )
 
 
@@ -298,10 +311,13 @@ def serve(
     cors: Sequence[str] = (),
     backend: str = "auto",
     log_level: str = "info",
+    precision: str = "auto",
+    threads: int | None = None,
 ) -> None:
     """``segflow serve BUNDLE``: the HTTP API and web page over the bundle, until interrupted.
 
-    The ONNX backend is used when the bundle has ``model.onnx`` (``backend="auto"``). Requests
+    ``backend="auto"`` runs the fastest backend measured for the bundle here (``precision`` and
+    ``threads`` as for :func:`predict`). Requests
     over ``max_upload_mb`` or ``max_pixels`` are refused before decoding; ``max_concurrency``
     predictions run at once and ``max_queue`` more wait, the rest get 503 with ``Retry-After``;
     ``timeout`` (seconds) bounds queueing plus prediction. With ``api_key`` set, ``/predict``
@@ -343,6 +359,8 @@ def serve(
         backend=backend,
         settings=settings,
         log_level=log_level,
+        precision=precision,
+        threads=threads,
     )
 
 

@@ -110,7 +110,10 @@ def test_real_model_end_to_end(cli, tmp_path: Path) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     tests = [s for s, r in CanonicalDataset(ds).splits().items() if r.split == "test"]
     assert metrics["n_images"] == len(tests) and metrics["bundle"]["name"]
-    assert 0 <= metrics["macro"]["iou"] <= 1 and metrics["settings"]["backend"] == "torch"
+    # train exported the bundle to ONNX, so auto runs an ONNX runtime (measured) out of the box
+    assert 0 <= metrics["macro"]["iou"] <= 1
+    assert metrics["settings"]["backend"] in ("onnx", "openvino")
+    assert "info: backend: " in res.stderr
     with (out / "per_image.csv").open() as fh:
         assert sorted(r["stem"] for r in csv.DictReader(fh)) == sorted(tests)
     for name in ("confusion.png", "report.html", "curves.png"):
@@ -118,8 +121,10 @@ def test_real_model_end_to_end(cli, tmp_path: Path) -> None:
     assert any((out / "cases").iterdir())
     assert f"{metrics['macro']['iou']:.4f}" in res.stdout
     # Whole 64 px images in one 64 px tile: eval on the validation split reproduces the
-    # validation mIoU that training stored in the bundle.
-    res = cli("eval", bundle, ds, "--split", "val", "--out", tmp_path / "ev_val")
+    # validation mIoU that training stored in the bundle (at f32: bf16 may move it a little).
+    res = cli(
+        "eval", bundle, ds, "--split", "val", "--precision", "f32", "--out", tmp_path / "ev_val"
+    )
     assert res.exit_code == 0, res.stderr
     val = json.loads((tmp_path / "ev_val" / "metrics.json").read_text())
     stored = yaml_metrics(bundle)

@@ -458,8 +458,10 @@ def test_onnx_prediction_never_imports_torch(tmp_path: Path) -> None:
         timeout=300,
     )
     assert res.returncode == 0, res.stderr[-2000:]
-    # auto picked ONNX (the bundle has model.onnx) and gave the same mask as torch
+    # auto picked an ONNX runtime (the bundle has model.onnx; bf16 where the export check found
+    # it safe) and kept the masks of torch fp32 within the bf16 contract (>= 99.5% of pixels)
     from segflow.data.image_io import read_mask
 
     torch_pred = Predictor.from_bundles(bundle, backend="torch").predict_path(tmp_path / "a.png")
-    np.testing.assert_array_equal(read_mask(tmp_path / "out2" / "a.png"), torch_pred.labels)
+    same = np.mean(read_mask(tmp_path / "out2" / "a.png") == torch_pred.labels)
+    assert same >= 0.995, same

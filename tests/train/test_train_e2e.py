@@ -107,7 +107,7 @@ def test_embedded_mlflow_store_gets_params_metrics_artifacts(cli, tmp_path: Path
     artifacts = {a.path for a in client.list_artifacts(mrun.info.run_id)}
     assert {"config.yaml", "curves.png", "history.csv", "model", "images"} <= artifacts
     model_files = {a.path for a in client.list_artifacts(mrun.info.run_id, "model")}
-    assert {"model/bundle.yaml", "model/weights.safetensors"} <= model_files
+    assert {"model/bundle.yaml", "model/weights.safetensors", "model/model.onnx"} <= model_files
     assert mrun.info.status == "FINISHED"
 
 

@@ -45,6 +45,12 @@ class OneLineHandler(logging.Handler):
         sys.stderr.write(f"{record.levelname.lower()}: {' '.join(record.getMessage().split())}\n")
 
 
+def show_backend_choice() -> None:
+    """Let the "backend: ... (why)" line through unless ``--quiet`` (it is INFO, off by default)."""
+    if logging.getLogger("segflow").level <= logging.WARNING:
+        logging.getLogger("segflow.infer.backend").setLevel(logging.INFO)
+
+
 def console() -> Any:
     """A rich console on stdout."""
     from rich.console import Console

@@ -319,6 +319,15 @@ def _export_bundle(
         f"wrote {file} ({size:.1f} MB, {info.exporter}{opset_text})", soft_wrap=True, markup=False
     )
     out.print(f"parity with PyTorch: {describe_parity(info.parity)}", soft_wrap=True, markup=False)
+    if info.bf16 is not None:
+        b = info.bf16
+        verdict = "backend auto may use bf16" if b.safe else "unsafe: backend auto keeps f32"
+        out.print(
+            f"bf16 keeps {b.agreement:.2%} of class decisions (>= {b.min_agreement:.1%}) on the "
+            f"{b.inputs}: {verdict}",
+            soft_wrap=True,
+            markup=False,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from segflow.cli._common import cli_errors, console
+from segflow.cli._common import cli_errors, console, show_backend_choice
 
 
 def parse_tta(value: str | None) -> list[str] | None:
@@ -52,7 +52,16 @@ def eval_(
             help="Folder of region-of-interest masks, one per image (same stem, non-zero = scored)."
         ),
     ] = None,
-    backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
+    backend: Annotated[
+        str,
+        typer.Option(help="auto (the fastest measured here, cached), torch, onnx or openvino."),
+    ] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 where native and safe for the bundle), f32 or bf16.")
+    ] = "auto",
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads (default: the CPUs this process may use).")
+    ] = None,
     device: Annotated[
         str, typer.Option(help="auto, cpu, cuda, cuda:1... (torch backend).")
     ] = "auto",
@@ -76,6 +85,7 @@ def eval_(
     from segflow.evaluate.evaluator import evaluate
 
     _quiet_mlflow()
+    show_backend_choice()
     bundles = [bundle, *(with_ or [])]
     result = evaluate(
         bundles if len(bundles) > 1 else bundle,
@@ -88,6 +98,8 @@ def eval_(
         tta=parse_tta(tta),
         worst_k=worst_k,
         progress=True,
+        precision=precision,
+        threads=threads,
     )
     m = result.metrics
     table = Table(title=f"{m['bundle']['name']} on {m['dataset']['name']}/{m['split']}: "

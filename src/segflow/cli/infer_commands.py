@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from segflow.cli._common import cli_errors, console
+from segflow.cli._common import cli_errors, console, show_backend_choice
 
 
 @cli_errors
@@ -22,8 +22,15 @@ def predict(
         str, typer.Option(help="Ensemble: 'mean' of probabilities or majority 'vote'.")
     ] = "mean",
     backend: Annotated[
-        str, typer.Option(help="auto (ONNX when exported), torch or onnx.")
+        str,
+        typer.Option(help="auto (the fastest measured here, cached), torch, onnx or openvino."),
     ] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 where native and safe for the bundle), f32 or bf16.")
+    ] = "auto",
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads (default: the CPUs this process may use).")
+    ] = None,
     device: Annotated[str, typer.Option(help="torch device: auto, cpu, cuda, cuda:1...")] = "auto",
     tile: Annotated[int | None, typer.Option(help="Tile size (default: the bundle's).")] = None,
     overlap: Annotated[
@@ -58,6 +65,7 @@ def predict(
     """Predict masks for images of any size (tiles, TTA, post-processing, ensembles)."""
     from segflow.api import predict as run_predict
 
+    show_backend_choice()
     written = run_predict(
         [bundle, *(with_ or [])],
         inputs,
@@ -78,6 +86,8 @@ def predict(
         color=color,
         overlay=overlay,
         progress=True,
+        precision=precision,
+        threads=threads,
     )
     console().print(f"{len(written)} image(s) predicted -> {out}")
 

@@ -51,9 +51,22 @@ def serve(
         str,
         typer.Option(
             envvar="SEGFLOW_BACKEND",
-            help="auto (ONNX when exported), torch or onnx (or set SEGFLOW_BACKEND).",
+            help="auto (the fastest measured here, cached), torch, onnx or openvino "
+            "(or set SEGFLOW_BACKEND).",
         ),
     ] = "auto",
+    precision: Annotated[
+        str,
+        typer.Option(
+            envvar="SEGFLOW_PRECISION",
+            help="auto (bf16 where native and safe for the bundle), f32 or bf16 "
+            "(or set SEGFLOW_PRECISION).",
+        ),
+    ] = "auto",
+    threads: Annotated[
+        int | None,
+        typer.Option(help="CPU threads per worker (default: the CPUs shared between workers)."),
+    ] = None,
 ) -> None:
     """Serve the model over HTTP: POST /predict, GET /info, a web page at /, docs at /docs."""
     from segflow.api import serve as run_serve
@@ -74,6 +87,8 @@ def serve(
         timeout=timeout,
         cors=cors or [],
         backend=backend,
+        precision=precision,
+        threads=threads,
         log_level="warning" if logging.getLogger("segflow").level >= logging.ERROR else "info",
     )
 

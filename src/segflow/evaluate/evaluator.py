@@ -306,6 +306,8 @@ def evaluate(
     predictor: PredictorLike | None = None,
     worst_k: int = 8,
     progress: bool = False,
+    precision: str = "auto",
+    threads: int | None = None,
 ) -> EvalResult:
     """Score a bundle (or an ensemble: a list of bundles) on a split of a canonical dataset.
 
@@ -318,12 +320,14 @@ def evaluate(
             run folder, else ``./eval_<bundle>_<split>/``).
         roi: folder of region-of-interest masks, one per image with the same stem (non-zero =
             inside); pixels outside are not scored.
-        backend: ``auto``, ``torch`` or ``onnx`` (see the Predictor).
+        backend: ``auto``, ``torch``, ``onnx`` or ``openvino`` (see the Predictor).
         device: ``auto``, ``cpu``, ``cuda``... for the torch backend.
         tta: flips averaged in (``h``, ``v``, ``hv``); None keeps the bundle's, ``[]`` turns TTA off.
         predictor: a ready predictor to use instead of building one (tests inject fakes).
         worst_k: how many worst and best images to picture.
         progress: draw a progress bar on stderr.
+        precision: ``auto``, ``f32`` or ``bf16`` (see the Predictor).
+        threads: CPU threads of onnxruntime / OpenVINO (default: the CPUs this process may use).
 
     Raises:
         UsageError: unknown or empty split, no ``splits.csv``.
@@ -352,7 +356,11 @@ def evaluate(
     if predictor is None:
         from segflow.infer.predictor import Predictor
 
-        predictor = Predictor.from_bundles(bundles, backend=backend, device=device, tta=tta)
+        predictor = Predictor.from_bundles(
+            bundles, backend=backend, device=device, tta=tta, precision=precision, threads=threads
+        )
+    if hasattr(predictor, "describe_backends"):  # injected predictors (tests) may not say
+        logging.getLogger("segflow.infer.backend").info("%s", predictor.describe_backends())
     _check_classes(bundles[0], "predictor", list(predictor.classes), ds)
     classes, names = ds.meta.classes, ds.meta.class_names
     k, ignore = len(classes), ds.meta.ignore_index
@@ -413,6 +421,7 @@ def evaluate(
         "roi": str(roi_dir.absolute()) if roi_dir is not None else None,
         "settings": {
             "backend": str(getattr(predictor, "backend_name", backend)),
+            "precision": str(getattr(predictor, "precision", precision)),
             "device": device,
             "tta": None if tta is None else list(tta),
         },

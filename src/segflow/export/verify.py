@@ -26,15 +26,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from segflow.errors import DataError
-from segflow.models.bundle import ExportInfo, Parity, record_export
+from segflow.models.bundle import Bf16Check, ExportInfo, Parity, record_export
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "BF16_AGREEMENT",
     "DEFAULT_SHAPES",
     "LogitsFn",
     "Parity",
+    "check_bf16",
     "check_parity",
     "describe_parity",
     "example_input",
@@ -45,6 +47,9 @@ __all__ = [
 ]
 
 LogitsFn = Callable[[np.ndarray], np.ndarray]
+
+#: Share of pixel decisions a bf16 run must keep for ``auto`` to choose bf16 for a bundle.
+BF16_AGREEMENT = 0.995
 
 #: (batch, height, width) tested by default: non-square, sides multiples of 32 but 160 and 224 not
 #: of 64, a batch other than the one exported with, and every side >= 128 (PAN's pyramid needs it).
@@ -171,6 +176,55 @@ def check_parity(
     )
 
 
+def check_bf16(
+    eager_fn: LogitsFn,
+    bf16_fns: dict[str, LogitsFn],
+    shapes: Sequence[tuple[int, int, int]],
+    in_channels: int,
+    seed: int = 0,
+    *,
+    agreement: float = BF16_AGREEMENT,
+    images: Sequence[np.ndarray] = (),
+) -> Bf16Check:
+    """How many class decisions bf16 runs keep against fp32 eager, on the parity inputs.
+
+    Never raises for a low agreement: the result says whether bf16 is safe (the worst of the
+    ``bf16_fns`` counts), and ``auto`` then never chooses bf16 for the bundle. A bf16 run that
+    fails counts as agreement 0. ``images`` (normalised ``N x C x H x W`` batches, e.g. the
+    training run's validation images) replace the random inputs when given: on white noise a
+    trained network sits near decision ties far more often than on the images it was made for.
+    """
+    rng = np.random.default_rng(seed)
+    batches = list(images) or [
+        rng.standard_normal((b, in_channels, h, w), dtype=np.float32) for b, h, w in shapes
+    ]
+    same = dict.fromkeys(bf16_fns, 0)
+    failed: set[str] = set()
+    pixels = 0
+    for x in batches:
+        expected = _decisions(np.asarray(eager_fn(x), dtype=np.float32))
+        pixels += expected.size
+        for name, fn in bf16_fns.items():
+            try:
+                got = _decisions(np.asarray(fn(x), dtype=np.float32))
+            except Exception:  # a runtime that cannot run bf16 here is not safe
+                failed.add(name)
+                continue
+            if got.shape != expected.shape:
+                failed.add(name)
+                continue
+            same[name] += int(np.count_nonzero(got == expected))
+    shares = [0.0 if n in failed else same[n] / max(pixels, 1) for n in bf16_fns]
+    worst = min(shares) if shares else 0.0
+    return Bf16Check(
+        agreement=worst,
+        min_agreement=agreement,
+        safe=bool(same) and worst >= agreement,
+        runtimes=sorted(bf16_fns),
+        inputs=f"{len(batches)} dataset images" if images else "parity inputs",
+    )
+
+
 def describe_parity(parity: Parity) -> str:
     """One line for people: ``max |logit diff| 1.6e-5 (<= 1e-4), decisions agree on 100.00% ...``."""
     shapes = ", ".join(_shape_text(s) for s in parity.inputs)
@@ -180,14 +234,20 @@ def describe_parity(parity: Parity) -> str:
     )
 
 
-def torch_runner(model: torch.nn.Module) -> LogitsFn:
-    """The eager side of the check: the network in float32 on its device, no autograd."""
+def torch_runner(model: torch.nn.Module, *, bf16: bool = False) -> LogitsFn:
+    """The eager side of the check: the network in float32 on its device, no autograd.
+
+    With ``bf16`` it runs under ``torch.autocast(device, dtype=torch.bfloat16)`` instead.
+    """
     import torch
 
     device = next(model.parameters()).device
 
     def run(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
+        ):
             out = model(torch.from_numpy(batch).to(device))
         result: np.ndarray = out.float().cpu().numpy()
         return result

@@ -15,6 +15,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+#: ``--precision`` values: ``auto`` (bf16 where the CPU runs it natively and the bundle's export
+#: check found it safe, else f32), ``f32`` or ``bf16``.
+PRECISIONS = ("auto", "f32", "bf16")
+#: ``--backend`` values.
+BACKENDS = ("auto", "torch", "onnx", "openvino")
+
 if TYPE_CHECKING:
     from segflow.models.bundle import LoadedBundle
 
@@ -36,13 +42,25 @@ class TorchBackend:
         bundle: the loaded bundle (its model is moved to ``device``).
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...
         amp: mixed precision on CUDA.
+        precision: ``f32`` or ``bf16``; on the CPU ``bf16`` runs under
+            ``torch.autocast("cpu", dtype=torch.bfloat16)`` (on CUDA ``amp`` decides).
     """
 
     name = "torch"
 
-    def __init__(self, bundle: LoadedBundle, device: str = "auto", amp: bool = True) -> None:
+    def __init__(
+        self,
+        bundle: LoadedBundle,
+        device: str = "auto",
+        amp: bool = True,
+        precision: str = "f32",
+    ) -> None:
         import torch
 
+        from segflow.errors import UsageError
+
+        if precision not in PRECISIONS[1:]:
+            raise UsageError(f"torch precision {precision!r}; valid: f32, bf16")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -50,6 +68,11 @@ class TorchBackend:
         self.amp = amp and self.device.type == "cuda"
         self.dtype = (
             torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
+        )
+        if self.device.type == "cpu" and precision == "bf16":
+            self.amp, self.dtype = True, torch.bfloat16
+        self.precision = (
+            ("bf16" if self.dtype == torch.bfloat16 else "f16") if self.amp else precision
         )
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -73,15 +96,16 @@ def onnx_file(bundle_path: Path) -> Path | None:
 
 
 def resolve_backend_name(requested: str, bundle_path: Path) -> str:
-    """The backend to use: ``auto`` means onnx when the bundle has an ONNX file, else torch.
+    """A quick guess without measuring: ``auto`` means onnx when exported, else torch.
 
-    ``onnx`` also needs onnxruntime installed for ``auto`` to pick it; explicit names are checked.
+    :func:`segflow.infer.choose.choose_backend` is what the Predictor uses (it measures);
+    explicit names are checked here.
     """
     from segflow.errors import UsageError
 
-    if requested not in ("auto", "torch", "onnx"):
-        raise UsageError(f"unknown backend {requested!r}; valid: auto, torch, onnx")
-    if requested == "onnx" and onnx_file(bundle_path) is None:
+    if requested not in BACKENDS:
+        raise UsageError(f"unknown backend {requested!r}; valid: {', '.join(BACKENDS)}")
+    if requested in ("onnx", "openvino") and onnx_file(bundle_path) is None:
         raise UsageError(
             f"{bundle_path}: no model.onnx; run `segflow export {bundle_path} --format onnx` first"
         )

@@ -31,11 +31,12 @@ from segflow.data import image_io
 from segflow.data.dataset import ClassInfo
 from segflow.data.preprocess import Geometry, NetworkInput, Preprocessor
 from segflow.errors import DataError, UsageError
-from segflow.infer.backends import Backend, resolve_backend_name
+from segflow.infer.backends import Backend
 from segflow.infer.postprocess import PostProcess, postprocess
 from segflow.infer.tiling import fit_tile, gaussian_weights, padded_size, tile_starts
 
 if TYPE_CHECKING:
+    from segflow.infer.choose import Choice
     from segflow.models.bundle import BundleMeta
 
 log = logging.getLogger("segflow.infer")
@@ -77,6 +78,7 @@ class _Member:
     blend: str
     batch: int
     tta: tuple[str, ...]
+    choice: Choice | None = None
 
     @property
     def channels(self) -> int:
@@ -156,13 +158,18 @@ class Predictor:
         postprocess: PostProcess | dict[str, Any] | None = None,
         combine: Literal["mean", "vote"] = "mean",
         threads: int | None = None,
+        precision: str = "auto",
     ) -> Predictor:
         """Load bundles (paths to ``NAME.segflow`` folders) with their inference settings.
 
-        Every keyword left at None keeps the bundle's own setting. ``backend``: ``auto`` (ONNX
-        when the bundle has ``model.onnx`` and onnxruntime is installed, else torch), ``torch``,
-        ``onnx``. With the ONNX backend torch is never imported.
+        Every keyword left at None keeps the bundle's own setting. ``backend``: ``auto`` (the
+        fastest installed backend for the bundle on this machine, measured once and cached; see
+        :mod:`segflow.infer.choose`), ``torch``, ``onnx`` or ``openvino``. ``precision``: ``auto``
+        (bf16 where the CPU runs it natively and the bundle's export check found it safe),
+        ``f32`` or ``bf16``. With the ONNX runtimes torch is never imported. ``threads``: CPU
+        threads of onnxruntime / OpenVINO. Why each backend was chosen: :attr:`choices`.
         """
+        from segflow.infer.choose import Request, choose_backend
         from segflow.models.bundle import read_bundle_meta
 
         paths = (
@@ -179,17 +186,16 @@ class Predictor:
         members = []
         for path in paths:
             meta = read_bundle_meta(path)
-            name = resolve_backend_name(backend, path)
-            if name == "onnx":
-                from segflow.infer.onnx_backend import OnnxBackend
-
-                engine: Backend = OnnxBackend(path, threads=threads)
-            else:
-                from segflow.infer.backends import TorchBackend
-                from segflow.models.bundle import load_bundle
-
-                engine = TorchBackend(load_bundle(path), device=device)
             settings = meta.inference
+            request = Request(
+                backend=backend,
+                precision=precision,
+                device=device,
+                threads=threads,
+                tile=tile_size or settings.tile_size,
+                batch=batch_size or settings.batch_size,
+            )
+            engine, choice = choose_backend(path, meta, request)
             pre = Preprocessor(_preprocess_config(meta), meta.in_channels, meta.normalization)
             members.append(
                 _Member(
@@ -201,6 +207,7 @@ class Predictor:
                     blend=settings.blend,
                     batch=batch_size or settings.batch_size,
                     tta=tuple(settings.tta if tta is None else tta),
+                    choice=choice,
                 )
             )
         post = (
@@ -212,8 +219,23 @@ class Predictor:
 
     @property
     def backend_name(self) -> str:
-        """The backend of the first model (``torch`` or ``onnx``)."""
+        """The backend of the first model (``torch``, ``onnx`` or ``openvino``)."""
         return str(getattr(self.members[0].backend, "name", "custom"))
+
+    @property
+    def precision(self) -> str:
+        """The precision of the first model's backend (``f32`` or ``bf16``)."""
+        choice = self.members[0].choice
+        return choice.precision if choice is not None else "f32"
+
+    @property
+    def choices(self) -> list[Choice]:
+        """Per model: the backend and precision it runs with, and why."""
+        return [m.choice for m in self.members if m.choice is not None]
+
+    def describe_backends(self) -> str:
+        """One line: ``backend: openvino bf16 (measured: ...)`` (models joined by ``; ``)."""
+        return "backend: " + "; ".join(c.describe() for c in self.choices)
 
     # -- prediction --------------------------------------------------------------------------------
     def predict_array(

@@ -78,6 +78,20 @@ class Parity(_Strict):
     inputs: list[list[int]] = Field(description="input shapes tested, N x C x H x W")
 
 
+class Bf16Check(_Strict):
+    """Whether bf16 inference keeps the masks: its agreement with fp32 eager on the parity inputs."""
+
+    agreement: float = Field(
+        ge=0, le=1, description="share of the parity pixels whose class decision bf16 keeps"
+    )
+    min_agreement: float = Field(ge=0, le=1, description="the agreement bf16 had to reach")
+    safe: bool = Field(description="agreement >= min_agreement: backend auto may choose bf16")
+    runtimes: list[str] = Field(description="the bf16 runs compared (the worst counts)")
+    inputs: str = Field(
+        "parity inputs", description="what was compared: the random parity inputs or N images"
+    )
+
+
 class ExportInfo(_Strict):
     """One exported model file inside the bundle, as ``bundle.yaml`` lists it under ``exports``."""
 
@@ -93,6 +107,9 @@ class ExportInfo(_Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the file")
     dynamic_axes: list[str] = Field(description="input axes that may vary: batch, height, width")
     parity: Parity = Field(description="agreement with eager PyTorch, checked before writing")
+    bf16: Bf16Check | None = Field(
+        None, description="bf16 inference against fp32 eager (ONNX exports; None: not checked)"
+    )
 
     @field_validator("file")
     @classmethod

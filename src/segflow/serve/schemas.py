@@ -69,7 +69,7 @@ class Info(BaseModel):
     classes: list[ClassSpec]
     input: InputSpec
     model: ModelSpec
-    backend: str = Field(description="inference backend: onnx or torch")
+    backend: str = Field(description="inference backend: onnx, openvino or torch")
     output_formats: list[str] = Field(description="values of /predict's format parameter")
     limits: Limits
 

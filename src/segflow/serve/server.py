@@ -24,6 +24,7 @@ log = logging.getLogger("segflow.serve")
 ENV_BUNDLE = "SEGFLOW_SERVE_BUNDLE"
 ENV_BACKEND = "SEGFLOW_SERVE_BACKEND"
 ENV_THREADS = "SEGFLOW_SERVE_THREADS"
+ENV_PRECISION = "SEGFLOW_SERVE_PRECISION"
 ENV_SETTINGS = "SEGFLOW_SERVE_SETTINGS"
 
 
@@ -33,12 +34,16 @@ def build_app(
     backend: str = "auto",
     settings: ServeSettings | None = None,
     threads: int | None = None,
+    precision: str = "auto",
 ) -> FastAPI:
-    """Load the bundle (ONNX backend when it has ``model.onnx``) and wrap it in the app."""
+    """Load the bundle (``auto``: the fastest backend measured for it here) and wrap it in the app."""
     from segflow.infer.predictor import Predictor
     from segflow.serve.app import create_app
 
-    predictor = Predictor.from_bundles(bundle, backend=backend, threads=threads)
+    predictor = Predictor.from_bundles(
+        bundle, backend=backend, threads=threads, precision=precision
+    )
+    log.info("%s", predictor.describe_backends())
     return create_app(predictor, settings)
 
 
@@ -55,6 +60,7 @@ def app_from_env() -> FastAPI:
         backend=os.environ.get(ENV_BACKEND, "auto"),
         settings=settings,
         threads=int(threads) if threads else None,
+        precision=os.environ.get(ENV_PRECISION, "auto"),
     )
 
 
@@ -81,6 +87,8 @@ def run_server(
     backend: str = "auto",
     settings: ServeSettings | None = None,
     log_level: str = "info",
+    precision: str = "auto",
+    threads: int | None = None,
 ) -> None:
     """Serve ``bundle`` over HTTP until interrupted (blocks).
 
@@ -90,7 +98,8 @@ def run_server(
     """
     import uvicorn
 
-    from segflow.infer.backends import default_threads, resolve_backend_name
+    from segflow.infer.backends import default_threads
+    from segflow.infer.predictor import Predictor
     from segflow.models.bundle import read_bundle_meta
 
     if workers < 1:
@@ -98,26 +107,32 @@ def run_server(
     if not 0 < port < 65536:
         raise UsageError(f"--port {port}: must be in 1..65535")
     meta = read_bundle_meta(bundle)
-    chosen = resolve_backend_name(backend, Path(bundle))
     _check_port_free(host, port)
+    share = threads or (None if workers == 1 else max(1, default_threads() // workers))
+    # Measured (and cached) once here, so worker processes find the choice in the cache.
+    predictor = Predictor.from_bundles(bundle, backend=backend, threads=share, precision=precision)
+    chosen = predictor.describe_backends().removeprefix("backend: ")
     cfg = settings or ServeSettings()
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     log.info(
-        "serving %s (%s, %s backend) at %s: web page /, API docs /docs%s",
+        "serving %s (%s) at %s: web page /, API docs /docs%s; backend %s",
         meta.name,
         meta.task,
-        chosen,
         url,
         ", API key required" if cfg.api_key else "",
+        chosen,
     )
     if workers == 1:
-        app = build_app(bundle, backend=backend, settings=cfg)
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        from segflow.serve.app import create_app
+
+        uvicorn.run(create_app(predictor, cfg), host=host, port=port, log_level=log_level)
         return
+    del predictor
     # Each worker process builds its own predictor; share the CPU between their thread pools.
     os.environ[ENV_BUNDLE] = str(Path(bundle).resolve())
     os.environ[ENV_BACKEND] = backend
-    os.environ[ENV_THREADS] = str(max(1, default_threads() // workers))
+    os.environ[ENV_THREADS] = str(share)
+    os.environ[ENV_PRECISION] = precision
     os.environ[ENV_SETTINGS] = cfg.model_dump_json()
     uvicorn.run(
         "segflow.serve.server:app_from_env",

@@ -447,6 +447,9 @@ def _fit(
     best_cb = next(c for c in callbacks if isinstance(c, BestBundle))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if rank_zero:
+        from segflow.export.onnx import export_after_training
+
+        export_after_training(run_dir / "best.segflow")  # fast backends out of the box
         _write_state(run_dir, run_name, cfg, tracking, status="finished", best=best_cb.best,
                      epochs=trainer.current_epoch, world_size=trainer.world_size,
                      precision=str(trainer.precision))  # fmt: skip
