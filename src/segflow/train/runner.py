@@ -83,7 +83,8 @@ def find_run(resume: str | os.PathLike[str], output: Path) -> Path:
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The most recent resumable checkpoint of a run."""
-    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    # lstat: a dangling link or a folder named *.ckpt is still a candidate, refused when loaded
+    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.lstat().st_mtime)
     return ckpts[-1] if ckpts else None
 
 
@@ -452,6 +453,9 @@ def _fit(
             "ignore",
             message=r".*number of training batches .* is smaller than the logging interval.*",
         )
+        if ckpt is not None:  # a resumed run's own checkpoints are expected there
+            warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* is not empty.*")
+            warnings.filterwarnings("ignore", message=r".*The dirpath has changed from.*")  # moved
         # Lightning 2.6 calls a torch.utils._pytree API that torch 2.14 deprecates; not ours.
         warnings.filterwarnings(
             "ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*"
