@@ -320,6 +320,11 @@ def serve(
         "request_timeout_s": "timeout",
         "cors_origins": "cors",
     }
+    if api_key is not None and not api_key.strip():
+        raise UsageError(
+            "--api-key is empty (or SEGFLOW_API_KEY is set to nothing): that would serve "
+            "without a key; give a key, or leave both unset to serve openly on purpose"
+        )
     try:
         settings = ServeSettings(
             max_upload_bytes=round(max_upload_mb * 2**20),
@@ -327,7 +332,7 @@ def serve(
             request_timeout_s=timeout,
             max_concurrency=max_concurrency,
             max_queue=max_queue,
-            api_key=api_key or None,
+            api_key=api_key,
             cors_origins=list(cors),
         )
     except ValidationError as exc:
