@@ -298,6 +298,13 @@ def _mlflow_run(runs: Path, run_id: str):
     return client, client.get_run(run_id)
 
 
+def _train_clock(ckpt: Path) -> float:
+    """Seconds of training the checkpoint's Timer (train.max_minutes) has counted."""
+    state = torch.load(ckpt, weights_only=True)["callbacks"]
+    timer = next(v for k, v in state.items() if k.startswith("Timer"))
+    return float(timer["time_elapsed"]["train"])
+
+
 def _epochs_logged(client, run_id: str) -> list[int]:
     return sorted({int(m.value) for m in client.get_metric_history(run_id, "epoch")})
 
@@ -305,12 +312,28 @@ def _epochs_logged(client, run_id: str) -> list[int]:
 @pytest.mark.slow
 def test_resume_after_kill_with_default_tracking_then_more_epochs(tmp_path: Path) -> None:
     """kill -9 mid-epoch, --resume, then --resume --set train.epochs=4: one MLflow run, all rows."""
-    root = make_dataset(tmp_path / "ds", n=24, size=(64, 64), num_classes=3)
+    root = make_dataset(tmp_path / "ds", n=16, size=(64, 64), num_classes=3)
     make_splits(root, val=0.25, test=0.0, seed=0)
     runs, run = tmp_path / "runs", tmp_path / "runs" / "r"
-    args = [str(SEGFLOW), "train", str(_default_tracking_config(tmp_path)), "--data", str(root),
-            "--name", "r", "--set", f"train.output={runs}", "--set", "train.epochs=3",
-            "--set", "data.batch_size=2", "--set", "train.checkpoint_every_steps=2"]  # fmt: skip
+    args = [
+        str(SEGFLOW),
+        "train",
+        str(_default_tracking_config(tmp_path)),
+        "--data",
+        str(root),
+        "--name",
+        "r",
+        "--set",
+        f"train.output={runs}",
+        "--set",
+        "train.epochs=3",
+        "--set",
+        "data.batch_size=2",
+        "--set",
+        "train.checkpoint_every_steps=2",
+        "--set",
+        "train.max_minutes=30",
+    ]  # fmt: skip  (max_minutes: the Timer's clock)
     proc = subprocess.Popen(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path
     )
@@ -353,6 +376,7 @@ def test_resume_after_kill_with_default_tracking_then_more_epochs(tmp_path: Path
     client, mrun = _mlflow_run(runs, run_id)
     assert mrun.info.status == "FINISHED" and mrun.data.params["train.epochs"] == "3"
     assert _epochs_logged(client, run_id) == [0, 1, 2]
+    clock = _train_clock(run / "checkpoints" / "final.ckpt")
 
     more = subprocess.run([str(SEGFLOW), "train", "--resume", str(run), "--set", "train.epochs=4"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)  # fmt: skip
@@ -376,6 +400,8 @@ def test_resume_after_kill_with_default_tracking_then_more_epochs(tmp_path: Path
         rows = [r for r in csv.DictReader(fh) if r.get("lr-AdamW/pg1")]
     assert 5e-5 < float(rows[0]["lr-AdamW/pg1"]) < 5e-4, rows[0]
     assert len(client.search_runs([mrun.info.experiment_id])) == 1
+    # The time-limit clock continued from the 3 epochs before, not from 0 for the 4th alone.
+    assert _train_clock(run / "checkpoints" / "final.ckpt") > clock > 0
 
 
 @pytest.mark.slow
