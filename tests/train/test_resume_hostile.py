@@ -225,8 +225,20 @@ def test_damaged_run_is_refused_untouched(
         (["train.epochs=0"], "train.epochs"),
         (["schedule.warmup_epochs=5", "train.epochs=3"], "covers the whole run"),
         (["trian.epochs=3"], "did you mean train"),
+        (["optimizer.name=sgd"], "optimizer.name: 'adamw' -> 'sgd' cannot change"),
+        (["schedule.name=onecycle"], "schedule.name"),
     ],
-    ids=["arch", "encoder", "kwargs", "fewer-epochs", "zero-epochs", "warmup", "typo"],
+    ids=[
+        "arch",
+        "encoder",
+        "kwargs",
+        "fewer-epochs",
+        "zero-epochs",
+        "warmup",
+        "typo",
+        "optimizer",
+        "schedule",
+    ],
 )
 def test_forbidden_resume_overrides(
     base_run: Path, tmp_path: Path, overrides: list[str], needle: str

@@ -1,7 +1,8 @@
 """What ``segflow train --resume RUN`` checks before it continues a run.
 
-A resumed run must be the run it was: the same network (``model.*`` may not change), no fewer
-epochs than it has trained, and a checkpoint that is a Lightning checkpoint of that network. A
+A resumed run must be the run it was: the same network (``model.*`` may not change), the same
+kinds of optimiser and schedule (their saved states fit no other), no fewer epochs than it has
+trained, and a checkpoint that is a Lightning checkpoint of that network. A
 damaged or tampered checkpoint (truncated by a kill mid-write, random bytes, a pickle that asks
 for code) is refused with one line naming the file, before any file of the run is touched.
 Checkpoints are read with ``torch.load(weights_only=True)``: no code from the file runs.
@@ -99,7 +100,7 @@ def check_weights(path: Path, ckpt: dict[str, Any], expected: dict[str, Any]) ->
 
 
 def check_changes(saved: dict[str, Any], new: dict[str, Any], trained_epochs: int) -> None:
-    """Overrides a resume may not make: another network, fewer epochs than already trained.
+    """Overrides a resume may not make: another network, optimiser or schedule, fewer epochs.
 
     Args:
         saved: the run's ``config.yaml`` as saved.
@@ -107,15 +108,18 @@ def check_changes(saved: dict[str, Any], new: dict[str, Any], trained_epochs: in
         trained_epochs: epochs the checkpoint has completed.
 
     Raises:
-        ConfigError: ``model.*`` changed, or ``train.epochs`` below ``trained_epochs``.
+        ConfigError: ``model.*``, ``optimizer.name`` or ``schedule.name`` changed, or
+            ``train.epochs`` below ``trained_epochs``.
     """
-    for key in sorted(set(saved.get("model", {})) | set(new.get("model", {}))):
-        before, after = saved.get("model", {}).get(key), new.get("model", {}).get(key)
+    fixed = [("model", k) for k in sorted(set(saved.get("model", {})) | set(new.get("model", {})))]
+    fixed += [("optimizer", "name"), ("schedule", "name")]  # their saved states fit no other
+    for section, key in fixed:
+        before, after = saved.get(section, {}).get(key), new.get(section, {}).get(key)
         if before != after:
             raise ConfigError(
-                f"model.{key}: {before!r} -> {after!r} cannot change on --resume (the checkpoint "
-                "holds the other network); start a new run, e.g. with "
-                "--set model.init_from=RUN/best.segflow"
+                f"{section}.{key}: {before!r} -> {after!r} cannot change on --resume (the "
+                f"checkpoint holds the state of the other {section}); start a new run, e.g. "
+                "with --set model.init_from=RUN/best.segflow"
             )
     epochs = int(new.get("train", {}).get("epochs", 0))
     if epochs < trained_epochs:
