@@ -304,10 +304,11 @@ def serve(
     The ONNX backend is used when the bundle has ``model.onnx`` (``backend="auto"``). Requests
     over ``max_upload_mb`` or ``max_pixels`` are refused before decoding; ``max_concurrency``
     predictions run at once and ``max_queue`` more wait, the rest get 503 with ``Retry-After``;
-    ``timeout`` (seconds) bounds queueing plus prediction. With ``api_key`` set, ``/predict``
-    and ``/info`` need it in the ``X-API-Key`` header. ``cors`` lists the browser origins
-    allowed to call the API (none by default). See :func:`segflow.serve.create_app` to embed
-    the app in your own server.
+    ``timeout`` (seconds) bounds queueing plus prediction (a prediction past it stops between
+    batches of tiles). With ``api_key`` set, ``/predict``, ``/info`` and the API docs need it in
+    the ``X-API-Key`` header; an empty key raises UsageError rather than serving openly.
+    ``cors`` lists the browser origins allowed to call the API (none by default). See
+    :func:`segflow.serve.create_app` to embed the app in your own server.
     """
     from pydantic import ValidationError
 
