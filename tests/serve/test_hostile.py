@@ -87,6 +87,34 @@ def test_tiff_pages_and_bands_count_against_the_pixel_limit(fake: FakePredictor,
         assert resp.status_code == 200 and decode_mask(resp.content).shape == (200, 200)
 
 
+def _many_pages(count: int) -> bytes:
+    buf = io.BytesIO()
+    with tifffile.TiffWriter(buf) as tif:
+        for _ in range(count):
+            tif.write(np.zeros((1, 1), np.uint8), photometric="minisblack", contiguous=False)
+    return buf.getvalue()
+
+
+def _circular_ifd() -> bytes:
+    from tests.serve import tiff_declaring
+
+    data = bytearray(tiff_declaring(10, 10))
+    data[-4:] = data[4:8]  # the next-IFD offset points back at the first IFD
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: _many_pages(3000), _circular_ifd], ids=["3000-pages", "circular-ifd"]
+)
+def test_tiff_page_chains_are_cut_short(fake: FakePredictor, make: Any) -> None:
+    """Parsing every IFD of a 3000-page TIFF took 2 s before the pixel check: refused at 256."""
+    data = make()
+    with _client(fake, max_pixels=1_000_000) as client:
+        start = time.perf_counter()
+        _refused(client.post("/predict", files=_files(data, "chain.tif")), 413, "256 pages")
+        assert time.perf_counter() - start < 1.0 and fake.calls == 0
+
+
 # -- encoder limits: a clear 422 before any work, never a 500 ------------------------------------
 
 

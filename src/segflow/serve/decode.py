@@ -125,9 +125,9 @@ def _decode_tiff(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         path = Path(tmp) / "upload.tif"
         path.write_bytes(data)
         try:
+            _check_tiff_pages(path, name, max_pixels)  # first: a series spans every page
             height, width = image_io.image_size(path)
             _check_pixels(name, width, height, max_pixels)
-            _check_tiff_pages(path, name, max_pixels)
             return image_io.read_image(path)
         except ImageTooLargeError:
             raise
