@@ -183,6 +183,24 @@ def test_the_estimate_is_the_work_the_predictor_runs(
     assert work_estimate(probe, *IMAGE.shape[:2]) == (counting.tiles, counting.pixels)
 
 
+def test_the_estimate_follows_the_bundles_resize(torch_bundle: Path) -> None:
+    """A bundle resizing to 256 x 256 runs 256 x 256 of tiles whatever the upload's size."""
+    from segflow.data.preprocess import Preprocessor
+
+    predictor, counting = _counted(torch_bundle)
+    m = predictor.members[0]
+    resized = m.preprocessor.cfg.model_copy(update={"resize": [256, 256]})
+    pre = Preprocessor(resized, m.preprocessor.in_channels, m.preprocessor.normalization)
+    predictor.members = [dataclasses.replace(m, preprocessor=pre)]
+    small = encode(IMAGE[:20, :20])
+    with _client(predictor, max_tiles=1000) as client:
+        query = "/predict?tile=32&overlap=0.9"  # 76 x 76 tiles of the resized 256 x 256
+        _refused(client.post(query, files=_files(small)), 422, "5,776 tiles", "on 20x20")
+        assert counting.tiles == 0
+        assert client.post("/predict", files=_files(small)).is_success  # the bundle's tiling
+    assert counting.tiles == work_estimate(predictor, 20, 20)[0] > 1  # type: ignore[index]
+
+
 @pytest.mark.parametrize(
     ("query", "side", "limit", "needle"),
     [

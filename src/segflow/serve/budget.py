@@ -50,7 +50,8 @@ def work_estimate(predictor: Any, height: int, width: int) -> tuple[int, int] | 
     """``(tiles, network-input pixels)`` the predictor will run on a ``height x width`` image.
 
     Counts every model of an ensemble and every TTA pass, tiled exactly as the predictor tiles
-    (padding to the network stride, then ``tile`` / ``overlap``). None for a predictor without
+    (the bundle's ``preprocess.resize`` if any, padding to the network stride, then ``tile`` /
+    ``overlap``; a ``preprocess.roi`` crop only makes it smaller). None for a predictor without
     ``members`` (an injected fake): nothing to estimate.
     """
     from segflow.infer.predictor import DIVISOR
@@ -60,8 +61,10 @@ def work_estimate(predictor: Any, height: int, width: int) -> tuple[int, int] | 
     if not members:
         return None
     tiles = pixels = 0
-    ph, pw = padded_size(height, width, DIVISOR)
     for m in members:
+        resize = getattr(getattr(getattr(m, "preprocessor", None), "cfg", None), "resize", None)
+        size = (int(resize[0]), int(resize[1])) if resize else (height, width)  # ROI only shrinks
+        ph, pw = padded_size(*size, DIVISOR)
         th, tw = fit_tile(ph, pw, int(m.tile), DIVISOR)
         count = len(tile_starts(ph, th, m.overlap)) * len(tile_starts(pw, tw, m.overlap))
         passes = 1 + len(m.tta)
