@@ -133,8 +133,9 @@ def log_params(client: Any, run_id: str, params: Mapping[str, Any], *, resume: b
     """
     from mlflow.entities import Param, RunTag
 
-    logged = client.get_run(run_id).data.params if resume else {}
-    tags = client.get_run(run_id).data.tags if resume else {}
+    data = client.get_run(run_id).data if resume else None
+    logged: Mapping[str, str] = data.params if data is not None else {}
+    tags: Mapping[str, str] = data.tags if data is not None else {}
     new: list[Param] = []
     changes: list[str] = []
     for key, value in flatten(params).items():
