@@ -320,10 +320,11 @@ def serve(
     ``threads`` as for :func:`predict`). Requests
     over ``max_upload_mb`` or ``max_pixels`` are refused before decoding; ``max_concurrency``
     predictions run at once and ``max_queue`` more wait, the rest get 503 with ``Retry-After``;
-    ``timeout`` (seconds) bounds queueing plus prediction. With ``api_key`` set, ``/predict``
-    and ``/info`` need it in the ``X-API-Key`` header. ``cors`` lists the browser origins
-    allowed to call the API (none by default). See :func:`segflow.serve.create_app` to embed
-    the app in your own server.
+    ``timeout`` (seconds) bounds queueing plus prediction (a prediction past it stops between
+    batches of tiles). With ``api_key`` set, ``/predict``, ``/info`` and the API docs need it in
+    the ``X-API-Key`` header; an empty key raises UsageError rather than serving openly.
+    ``cors`` lists the browser origins allowed to call the API (none by default). See
+    :func:`segflow.serve.create_app` to embed the app in your own server.
     """
     from pydantic import ValidationError
 
@@ -336,6 +337,11 @@ def serve(
         "request_timeout_s": "timeout",
         "cors_origins": "cors",
     }
+    if api_key is not None and not api_key.strip():
+        raise UsageError(
+            "--api-key is empty (or SEGFLOW_API_KEY is set to nothing): that would serve "
+            "without a key; give a key, or leave both unset to serve openly on purpose"
+        )
     try:
         settings = ServeSettings(
             max_upload_bytes=round(max_upload_mb * 2**20),
@@ -343,7 +349,7 @@ def serve(
             request_timeout_s=timeout,
             max_concurrency=max_concurrency,
             max_queue=max_queue,
-            api_key=api_key or None,
+            api_key=api_key,
             cors_origins=list(cors),
         )
     except ValidationError as exc:

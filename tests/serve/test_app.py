@@ -164,8 +164,10 @@ def test_api_key(fake: FakePredictor) -> None:
         assert client.post("/predict", files=_files(encode(IMAGE)), headers=ok).status_code == 200
         assert client.get("/health").status_code == 200  # stays open
         assert client.get("/").status_code == 200
-        security = client.get("/openapi.json").json()["components"]["securitySchemes"]
-        assert security["APIKeyHeader"]["name"] == "X-API-Key"
+        _error(client.get("/openapi.json"), 401, "API key")  # the schema lists the classes
+        _error(client.get("/docs"), 401, "API key")
+        schema = client.get("/openapi.json", headers=ok).json()
+        assert schema["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
 
 
 def test_cors_is_off_by_default_and_on_for_listed_origins(fake: FakePredictor) -> None:

@@ -282,15 +282,43 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None) -
     raise AssertionError("timed out")
 
 
+def _default_tracking_config(tmp: Path) -> Path:
+    """TINY without its ``tracking`` section: MLflow on, as a user gets it out of the box."""
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg.pop("tracking")
+    path = tmp / "tracked.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _mlflow_run(runs: Path, run_id: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs / 'mlflow.db'}")
+    return client, client.get_run(run_id)
+
+
+def _train_clock(ckpt: Path) -> float:
+    """Seconds of training the checkpoint's Timer (train.max_minutes) has counted."""
+    state = torch.load(ckpt, weights_only=True)["callbacks"]
+    timer = next(v for k, v in state.items() if k.startswith("Timer"))
+    return float(timer["time_elapsed"]["train"])
+
+
+def _epochs_logged(client, run_id: str) -> list[int]:
+    return sorted({int(m.value) for m in client.get_metric_history(run_id, "epoch")})
+
+
 @pytest.mark.slow
-def test_resume_after_kill_reaches_the_same_final_epoch(tmp_path: Path) -> None:
-    root = make_dataset(tmp_path / "ds", n=40, size=(64, 64), num_classes=3)
-    make_splits(root, val=0.1, test=0.0, seed=0)
-    runs = tmp_path / "runs"
+def test_resume_after_kill_with_default_tracking_then_more_epochs(tmp_path: Path) -> None:
+    """kill -9 mid-epoch, --resume, then --resume --set train.epochs=4: one MLflow run, all rows."""
+    root = make_dataset(tmp_path / "ds", n=16, size=(64, 64), num_classes=3)
+    make_splits(root, val=0.25, test=0.0, seed=0)
+    runs, run = tmp_path / "runs", tmp_path / "runs" / "r"
     args = [
         str(SEGFLOW),
         "train",
-        str(TINY),
+        str(_default_tracking_config(tmp_path)),
         "--data",
         str(root),
         "--name",
@@ -302,38 +330,78 @@ def test_resume_after_kill_reaches_the_same_final_epoch(tmp_path: Path) -> None:
         "--set",
         "data.batch_size=2",
         "--set",
-        "train.checkpoint_every_steps=3",
-    ]
+        "train.checkpoint_every_steps=2",
+        "--set",
+        "train.max_minutes=30",
+    ]  # fmt: skip  (max_minutes: the Timer's clock)
     proc = subprocess.Popen(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path
     )
-    step_ckpt = runs / "r" / "checkpoints" / "step.ckpt"
+    step_ckpt = run / "checkpoints" / "step.ckpt"
+
+    def epoch_one_saved() -> bool:  # history has epoch 0 and a checkpoint was written after it
+        history = run / "history.csv"
+        return (
+            history.is_file()
+            and len(_history(run)) >= 1
+            and step_ckpt.is_file()
+            and step_ckpt.stat().st_mtime > history.stat().st_mtime
+        )
+
     try:
-        _wait_for(lambda: step_ckpt.exists() and step_ckpt.stat().st_size > 0, 120, proc)
-        time.sleep(0.3)
+        _wait_for(epoch_one_saved, 120, proc)
         os.kill(proc.pid, signal.SIGKILL)  # mid-epoch, no chance to clean up
         proc.wait(10)
     finally:
         if proc.poll() is None:
             proc.kill()
-    state = json.loads((runs / "r" / "run.json").read_text())
-    assert state["status"] == "running"  # killed
-    resumed = subprocess.run(
-        [str(SEGFLOW), "train", "--resume", str(runs / "r")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-    )
+        proc.wait(10)
+    before = _history(run)
+    state = json.loads((run / "run.json").read_text())
+    assert state["status"] == "running" and state["mlflow_run_id"]  # killed, tracked
+    run_id = state["mlflow_run_id"]
+    resumed = subprocess.run([str(SEGFLOW), "train", "--resume", str(run)], capture_output=True,
+                             text=True, cwd=tmp_path, timeout=300)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
-    state = json.loads((runs / "r" / "run.json").read_text())
+    assert "Traceback" not in resumed.stderr and "MLflow tracking" not in resumed.stderr
+    state = json.loads((run / "run.json").read_text())
     assert state["status"] == "finished" and state["epochs"] == 3
-    assert [int(float(r["epoch"])) for r in _history(runs / "r")] == [0, 1, 2]
-    assert (runs / "r" / "logs" / "attempt1").is_dir()  # a second attempt, not a fresh run
-    with (runs / "r" / "logs" / "attempt1" / "metrics.csv").open() as fh:
-        first_logged = min(int(r["step"]) for r in csv.DictReader(fh))
-    assert first_logged > 0
-    assert (runs / "r" / "best.segflow" / "bundle.yaml").is_file()
+    assert state["mlflow_run_id"] == run_id  # the same MLflow run continued
+    after = _history(run)
+    assert [int(float(r["epoch"])) for r in after] == [0, 1, 2]
+    assert after[: len(before)] == before  # the rows of the killed attempt are kept, unchanged
+    assert (run / "logs" / "attempt1").is_dir()  # a second attempt, not a fresh run
+    with (run / "logs" / "attempt1" / "metrics.csv").open() as fh:
+        assert min(int(r["step"]) for r in csv.DictReader(fh)) > 0
+    client, mrun = _mlflow_run(runs, run_id)
+    assert mrun.info.status == "FINISHED" and mrun.data.params["train.epochs"] == "3"
+    assert _epochs_logged(client, run_id) == [0, 1, 2]
+    clock = _train_clock(run / "checkpoints" / "final.ckpt")
+
+    more = subprocess.run([str(SEGFLOW), "train", "--resume", str(run), "--set", "train.epochs=4"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert more.returncode == 0, more.stderr
+    assert "Traceback" not in more.stderr and "MLflow tracking" not in more.stderr
+    state = json.loads((run / "run.json").read_text())
+    assert state["status"] == "finished" and state["epochs"] == 4
+    assert [int(float(r["epoch"])) for r in _history(run)] == [0, 1, 2, 3]
+    assert _history(run)[:3] == after
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 4
+    client, mrun = _mlflow_run(runs, run_id)
+    params, tags = mrun.data.params, mrun.data.tags
+    assert params["train.epochs"] == "3" and params["train.epochs.v2"] == "4"  # a new version
+    assert tags["segflow.resumes"] == "2" and "train.epochs: 3 -> 4" in tags["segflow.resume2"]
+    assert "pretrained" not in params  # not a property of the run: it differed on resume
+    assert _epochs_logged(client, run_id) == [0, 1, 2, 3]
+    assert mrun.info.status == "FINISHED"
+    # The schedule is the new 4-epoch one: epoch 3 starts a quarter before its end, not at the
+    # floor the 3-epoch schedule restored from the checkpoint had reached.
+    with (run / "logs" / "attempt2" / "metrics.csv").open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("lr-AdamW/pg1")]
+    assert 5e-5 < float(rows[0]["lr-AdamW/pg1"]) < 5e-4, rows[0]
+    assert len(client.search_runs([mrun.info.experiment_id])) == 1
+    # The time-limit clock continued from the 3 epochs before, not from 0 for the 4th alone.
+    assert _train_clock(run / "checkpoints" / "final.ckpt") > clock > 0
 
 
 @pytest.mark.slow

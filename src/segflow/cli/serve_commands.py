@@ -69,8 +69,12 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the model over HTTP: POST /predict, GET /info, a web page at /, docs at /docs."""
+    import os
+
     from segflow.api import serve as run_serve
 
+    if api_key is None and "SEGFLOW_API_KEY" in os.environ:  # click reads an empty value as unset
+        api_key = os.environ["SEGFLOW_API_KEY"]
     serve_log = logging.getLogger("segflow.serve")
     if logging.getLogger("segflow").level <= logging.WARNING:
         serve_log.setLevel(logging.INFO)  # the "serving ... at URL" line, unless --quiet

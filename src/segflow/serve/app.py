@@ -17,6 +17,7 @@ parameters or a damaged image, 503 (with ``Retry-After``) when saturated, 504 to
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,6 +33,7 @@ from starlette.exceptions import HTTPException
 
 from segflow._version import __version__
 from segflow.errors import SegflowError
+from segflow.serve.budget import PredictionStoppedError, check_output, check_work, with_deadline
 from segflow.serve.decode import ACCEPTED, ImageTooLargeError, UnsupportedImageError, decode_upload
 from segflow.serve.gate import Gate, GateTimeoutError, SaturatedError
 from segflow.serve.guard import API_KEY_HEADER, Guard, key_matches, unauthorized_message
@@ -61,6 +63,8 @@ log = logging.getLogger("segflow.serve")
 STATIC_DIR = Path(__file__).parent / "static"
 INPUT_FORMATS = ["png", "jpeg", "tiff", "bmp", "webp"]
 PROTECTED = ("/predict", "/info")
+#: With a key, the API docs need it too: the schema lists the class names.
+DOCS = ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 TTA_PATTERN = r"^(?:none|(?:h|v|hv)(?:,(?:h|v|hv))*)$"
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -184,6 +188,8 @@ def _info(predictor: Any, settings: ServeSettings) -> Info:
             max_concurrency=settings.max_concurrency,
             max_queue=settings.max_queue,
             request_timeout_s=settings.request_timeout_s,
+            max_work_pixels=settings.work_budget,
+            max_tiles=settings.max_tiles,
         ),
     )
 
@@ -263,7 +269,7 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> FastAPI
         Guard,
         max_body=cfg.max_upload_bytes,
         api_key=cfg.api_key,
-        protected=PROTECTED,
+        protected=PROTECTED + DOCS,
     )
     if cfg.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -403,9 +409,14 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> FastAPI
         name = _client_name(image.filename)
         data = await image.read()
         await image.close()
-        job = _job(variant, data, name, fmt, cfg.max_pixels, polygons, classes)
+        deadline = time.monotonic() + cfg.request_timeout_s
+        job = _job(variant, data, name, fmt, cfg, polygons, classes, deadline)
         try:
             body = await gate.run(job, cfg.request_timeout_s)
+        except PredictionStoppedError:  # its deadline came just before the gate's timeout
+            raise HTTPException(
+                504, f"the prediction took longer than {cfg.request_timeout_s:g} s"
+            ) from None
         except SaturatedError:
             raise HTTPException(
                 503,
@@ -448,15 +459,23 @@ def _job(
     data: bytes,
     name: str,
     fmt: Format,
-    max_pixels: int,
+    cfg: ServeSettings,
     with_polygons: bool,
     classes: list[Any],
+    deadline: float,
 ) -> Callable[[], bytes]:
-    """The work of one request, run in the gate's pool: decode, predict, encode."""
+    """The work of one request, run in the gate's pool: decode, check, predict, encode.
+
+    The output format and the work are checked on the decoded size before predicting; the
+    prediction stops between batches of tiles once ``deadline`` (monotonic) has passed.
+    """
 
     def run() -> bytes:
-        image = decode_upload(data, name, max_pixels)
-        labels = predictor.predict_array(image, stem=name).labels
+        image = decode_upload(data, name, cfg.max_pixels)
+        height, width = image.shape[:2]
+        check_output(fmt, height, width)
+        check_work(predictor, height, width, budget=cfg.work_budget, max_tiles=cfg.max_tiles)
+        labels = with_deadline(predictor, deadline).predict_array(image, stem=name).labels
         if fmt == "png" or fmt == "webp":
             return encode_mask(labels, fmt)
         if fmt == "overlay":

@@ -4,8 +4,10 @@ Only PNG, JPEG, TIFF, BMP and WebP are accepted, recognised by their magic numbe
 file name a client sends): Pillow knows formats that run external programs (EPS) or that have no
 place on a prediction server. The width and height come from the header first (Pillow opens
 lazily; tifffile reads the IFD only) and an image above the pixel limit is refused without
-allocating its pixels. Decoding itself is :mod:`segflow.data.image_io`'s, so the server reads an
-image exactly as ``segflow predict`` does (EXIF orientation, 16-bit, multi-band TIFF, alpha).
+allocating its pixels. In a TIFF every page counts, and its bands: the first series is decoded
+whole before its first plane is used, so the IFDs of all pages are checked first. Decoding itself
+is :mod:`segflow.data.image_io`'s, so the server reads an image exactly as ``segflow predict``
+does (EXIF orientation, 16-bit, multi-band TIFF, alpha).
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ from segflow.errors import DataError
 #: Formats accepted, by the name Pillow gives them.
 PIL_FORMATS = ("PNG", "JPEG", "BMP", "WEBP")
 ACCEPTED = "PNG, JPEG, TIFF, BMP or WebP"
+#: A TIFF may have this many pages at most (image_io decodes the first series whole).
+MAX_TIFF_PAGES = 256
+#: Values per pixel the pixel limit allows for (RGBA); a TIFF's pages may hold more bands each,
+#: as long as pixels x bands over all pages stay under this many times ``max_pixels``.
+BANDS_PER_PIXEL = 4
 
 
 class ImageTooLargeError(DataError):
@@ -77,12 +84,48 @@ def _pil_header(data: bytes, name: str, fmt: str, max_pixels: int) -> None:
     _check_pixels(name, width, height, max_pixels)
 
 
+def _check_tiff_pages(path: Path, name: str, max_pixels: int) -> None:
+    """Every page's declared size counts: reading the first series decodes all of its pages.
+
+    The pixels of all pages together must stay under ``max_pixels``, their values (pixels x
+    samples per pixel) under ``BANDS_PER_PIXEL x max_pixels``, and there are at most
+    :data:`MAX_TIFF_PAGES` pages. Only the IFDs (headers) are read here.
+    """
+    import tifffile
+
+    pixels = values = 0
+    try:
+        with tifffile.TiffFile(path) as tif:
+            for index, page in enumerate(tif.pages):
+                if index >= MAX_TIFF_PAGES:
+                    raise ImageTooLargeError(
+                        name, f"TIFF has more than {MAX_TIFF_PAGES} pages; send one image"
+                    )
+                width, height = int(page.imagewidth), int(page.imagelength)  # type: ignore[union-attr]
+                pixels += width * height
+                values += width * height * int(page.samplesperpixel)  # type: ignore[union-attr]
+                if pixels > max_pixels or values > BANDS_PER_PIXEL * max_pixels:
+                    raise ImageTooLargeError(
+                        name,
+                        f"TIFF pages 1-{index + 1} declare {pixels:,} pixels ({values:,} values) "
+                        f"together, above this server's limit of {max_pixels:,} pixels "
+                        f"({BANDS_PER_PIXEL} values each); every page is decoded, so every "
+                        "page counts",
+                    )
+    except ImageTooLargeError:
+        raise
+    except Exception as exc:  # tifffile raises many types (TiffFileError, ValueError, OSError...)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(name, f"cannot read TIFF: {reason}") from None
+
+
 def _decode_tiff(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     """TIFF through a temporary file: image_io reads TIFFs (multi-band, 16-bit) from paths."""
     with tempfile.TemporaryDirectory(prefix="segflow-upload-") as tmp:
         path = Path(tmp) / "upload.tif"
         path.write_bytes(data)
         try:
+            _check_tiff_pages(path, name, max_pixels)  # first: a series spans every page
             height, width = image_io.image_size(path)
             _check_pixels(name, width, height, max_pixels)
             return image_io.read_image(path)

@@ -58,6 +58,8 @@ class Limits(BaseModel):
     max_concurrency: int
     max_queue: int
     request_timeout_s: float
+    max_work_pixels: int | None = None  # network-input pixels per request (tiles x area x passes)
+    max_tiles: int | None = None  # tiles per request (x TTA passes x models)
 
 
 class Info(BaseModel):

@@ -29,6 +29,19 @@ class ServeSettings(BaseModel):
         description="largest image in pixels (width x height), read from the file header before "
         "decoding; larger images get 413",
     )
+    max_work_pixels: int | None = Field(
+        None,
+        ge=1,
+        description="most network-input pixels one request may cost (tiles x tile area x TTA "
+        "passes x models, estimated from the image size and the request's tile/overlap/tta) "
+        "before anything runs; null: 16 x max_pixels; more gets 422",
+    )
+    max_tiles: int = Field(
+        20_000,
+        ge=1,
+        description="most network calls' worth of tiles one request may cost (tiles x TTA "
+        "passes x models); more gets 422",
+    )
     request_timeout_s: float = Field(
         60.0,
         gt=0,
@@ -52,9 +65,16 @@ class ServeSettings(BaseModel):
     api_key: str | None = Field(
         None,
         min_length=1,
-        description="when set, /predict and /info need this value in the X-API-Key header",
+        pattern=r"\S",
+        description="when set, /predict, /info and the API docs (/docs, /openapi.json) need this "
+        "value in the X-API-Key header; an empty key is refused (it would be an open server)",
     )
     cors_origins: list[str] = Field(
         default_factory=list,
         description="origins allowed to call the API from a browser (CORS); empty = CORS off",
     )
+
+    @property
+    def work_budget(self) -> int:
+        """``max_work_pixels``, or 16 x ``max_pixels`` when it is not set."""
+        return self.max_work_pixels if self.max_work_pixels is not None else 16 * self.max_pixels

@@ -31,7 +31,7 @@ import numpy as np
 from segflow._version import __version__
 from segflow.config import SegflowConfig, config_to_dict, load_config
 from segflow.data.dataset import CanonicalDataset, atomic_write_text, dump_yaml, now_iso
-from segflow.errors import ConfigError, UsageError
+from segflow.errors import ConfigError, DataError, UsageError
 from segflow.train.data_stats import DataStats, data_stats, resolve_stems
 
 log = logging.getLogger("segflow.train")
@@ -83,7 +83,8 @@ def find_run(resume: str | os.PathLike[str], output: Path) -> Path:
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The most recent resumable checkpoint of a run."""
-    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    # lstat: a dangling link or a folder named *.ckpt is still a candidate, refused when loaded
+    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.lstat().st_mtime)
     return ckpts[-1] if ckpts else None
 
 
@@ -212,22 +213,30 @@ def _resume(
     progress: bool,
     callbacks: Sequence[Any],
 ) -> TrainResult:
+    from segflow.train.optim import check_schedule
+    from segflow.train.resume import check_changes, load_checkpoint, read_state
+
     run_dir = find_run(resume, Path("runs"))
+    state = read_state(run_dir)
+    saved = config_to_dict(load_config(run_dir / "config.yaml"))
     cfg = load_config(run_dir / "config.yaml", overrides)
     if tracking_uri is not None:
         cfg.tracking.uri = tracking_uri
-    state = json.loads((run_dir / "run.json").read_text())
     ckpt = latest_checkpoint(run_dir)
+    checkpoint = load_checkpoint(ckpt) if ckpt is not None else None
+    check_changes(saved, config_to_dict(cfg), int(checkpoint["epoch"]) if checkpoint else 0)
+    check_schedule(cfg.schedule, cfg.train.epochs, cfg.optimizer.lr)
     if ckpt is None:
         log.warning("%s has no checkpoint yet: starting it again from the beginning", run_dir)
     return _fit(
         cfg,
         run_dir,
-        state.get("name", run_dir.name),
+        str(state.get("name", run_dir.name)),
         progress=progress,
         ckpt=ckpt,
         state=state,
         extra_callbacks=callbacks,
+        checkpoint=checkpoint,
     )
 
 
@@ -240,6 +249,7 @@ def _fit(
     ckpt: Path | None = None,
     state: dict[str, Any] | None = None,
     extra_callbacks: Sequence[Any] = (),
+    checkpoint: dict[str, Any] | None = None,
 ) -> TrainResult:
     import lightning as L
 
@@ -263,7 +273,12 @@ def _fit(
 
     stats_file = run_dir / "data_stats.json"
     if stats_file.is_file():
-        stats = DataStats(**json.loads(stats_file.read_text()))
+        try:
+            stats = DataStats(**json.loads(stats_file.read_text(encoding="utf-8")))
+        except (ValueError, TypeError) as exc:  # JSONDecodeError, UnicodeError, wrong keys
+            raise DataError(
+                stats_file, f"damaged ({exc}); delete it to measure the training images again"
+            ) from None
     else:
         stats = data_stats(dataset, stems["train"], cfg, progress=progress and rank_zero)
         if rank_zero:
@@ -293,8 +308,6 @@ def _fit(
 
     resolved = config_to_dict(cfg)
     resolved["data"]["dataset"] = str(Path(cfg.data.dataset or ".").resolve())
-    if rank_zero:
-        atomic_write_text(run_dir / "config.yaml", dump_yaml(resolved))
 
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     task = SegmentationTask(
@@ -306,6 +319,12 @@ def _fit(
         ignore_index=meta.ignore_index,
         pretrained=ckpt is None,
     )
+    if ckpt is not None and checkpoint is not None:  # before the run's files change
+        from segflow.train.resume import check_weights
+
+        check_weights(ckpt, checkpoint, task.state_dict())
+    if rank_zero:
+        atomic_write_text(run_dir / "config.yaml", dump_yaml(resolved))
     for message in task.init_messages:
         log.warning(message)
     datamodule = SegmentationData(dataset, stems, preprocessor, cfg)
@@ -389,6 +408,10 @@ def _fit(
         from segflow.train.plan_cost import budget_schedule_callback
 
         callbacks.append(budget_schedule_callback())
+    if ckpt is not None:  # the schedule follows this config's length, not the checkpoint's
+        from segflow.train.resume import schedule_length_callback
+
+        callbacks.append(schedule_length_callback())
     callbacks.extend(extra_callbacks)
     if progress:
         callbacks.append(epoch_progress_bar(t.monitor))
@@ -430,6 +453,9 @@ def _fit(
             "ignore",
             message=r".*number of training batches .* is smaller than the logging interval.*",
         )
+        if ckpt is not None:  # a resumed run's own checkpoints are expected there
+            warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* is not empty.*")
+            warnings.filterwarnings("ignore", message=r".*The dirpath has changed from.*")  # moved
         # Lightning 2.6 calls a torch.utils._pytree API that torch 2.14 deprecates; not ours.
         warnings.filterwarnings(
             "ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*"

@@ -46,7 +46,8 @@ class SegmentationTask(L.LightningModule):
         pretrained: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # pretrained is how the network is built (False on resume), not a setting of the run
+        self.save_hyperparameters(ignore=["pretrained"])
         self.cfg = SegflowConfig.model_validate(config)
         self.class_names = list(class_names)
         self.num_classes = len(class_names)

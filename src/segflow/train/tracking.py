@@ -96,6 +96,70 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+#: MLflow params are cut to this many characters (as Lightning's MLFlowLogger cut them).
+PARAM_CHARS = 250
+
+
+def _new_logger(**kwargs: Any) -> Any:
+    """An MLFlowLogger that leaves params to :func:`log_params`.
+
+    Lightning logs the module's hyperparameters itself at every ``fit``; on a resume with a
+    changed value MLflow then refuses ("Changing param values is not allowed"). segflow logs the
+    resolved config once instead, and a changed value as a new version.
+    """
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    class ConfigParamsLogger(MLFlowLogger):
+        def log_hyperparams(self, params: Any) -> None:
+            return  # the resolved config is logged by log_params, versioned on resume
+
+    return ConfigParamsLogger(**kwargs)
+
+
+def _latest(logged: Mapping[str, str], key: str) -> tuple[str, int]:
+    """The current value of ``key`` and its version: ``key``, then ``key.v2``, ``key.v3`` ..."""
+    version = 1
+    while f"{key}.v{version + 1}" in logged:
+        version += 1
+    return logged[key if version == 1 else f"{key}.v{version}"], version
+
+
+def log_params(client: Any, run_id: str, params: Mapping[str, Any], *, resume: bool) -> list[str]:
+    """Log the flattened config as params; on resume, a changed value becomes ``KEY.vN``.
+
+    MLflow params cannot change, so ``--resume RUN --set train.epochs=5`` on a run logged with
+    ``train.epochs=3`` logs ``train.epochs.v2=5`` and the tags ``segflow.resumes`` (how many
+    resumes) and ``segflow.resumeN`` (what changed). Returns the changes as ``KEY: OLD -> NEW``.
+    """
+    from mlflow.entities import Param, RunTag
+
+    data = client.get_run(run_id).data if resume else None
+    logged: Mapping[str, str] = data.params if data is not None else {}
+    tags: Mapping[str, str] = data.tags if data is not None else {}
+    new: list[Param] = []
+    changes: list[str] = []
+    for key, value in flatten(params).items():
+        text = str(value)[:PARAM_CHARS]
+        if key not in logged:
+            new.append(Param(key, text))
+            continue
+        current, version = _latest(logged, key)
+        if current != text:
+            new.append(Param(f"{key}.v{version + 1}", text))
+            changes.append(f"{key}: {current} -> {text}")
+    for i in range(0, len(new), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run_id, params=new[i : i + 100])
+    if resume:
+        count = int(tags.get("segflow.resumes", "0")) + 1
+        what = "; ".join(changes) or "no config change"
+        client.log_batch(
+            run_id,
+            tags=[RunTag("segflow.resumes", str(count)), RunTag(f"segflow.resume{count}", what)],
+        )
+        client.update_run(run_id, status="RUNNING")
+    return changes
+
+
 def start_tracking(
     cfg: TrackingConfig,
     *,
@@ -119,13 +183,11 @@ def start_tracking(
             problem,
         )
         return None
-    from lightning.pytorch.loggers import MLFlowLogger
-
     artifacts = None
     if target.startswith("sqlite:"):
         artifacts = (output / "mlartifacts").resolve().as_uri()
     try:
-        logger = MLFlowLogger(
+        logger = _new_logger(
             experiment_name=cfg.experiment,
             run_name=run_name,
             tracking_uri=target,
@@ -133,9 +195,10 @@ def start_tracking(
             artifact_location=artifacts,
             run_id=run_id,
         )
-        if run_id is None:
-            logger.log_hyperparams(flatten(params))
+        changes = log_params(logger.experiment, logger.run_id, params, resume=run_id is not None)
     except Exception as exc:  # a broken store or server must not stop training
         log.warning("MLflow tracking at %s failed (%s): training continues without it", target, exc)
         return None
+    for change in changes:
+        log.warning("resumed with %s (logged to MLflow as a new param version)", change)
     return Tracking(logger, target)
