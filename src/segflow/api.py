@@ -188,6 +188,7 @@ def predict(
         raise UsageError(f"--combine {combine!r}: use mean or vote")
     if polygons not in (None, "geojson", "coco"):
         raise UsageError(f"--polygons {polygons!r}: use geojson or coco")
+    out_dir = Path(out)
     flips: list[str] | None = None
     if isinstance(tta, str):
         flips = (
@@ -195,6 +196,9 @@ def predict(
         )
     elif tta is not None:
         flips = list(tta)
+    files = expand_inputs(inputs)  # inputs whose outputs would collide refused here
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir}: --out is a file, not a folder")
     meta = read_bundle_meta(paths[0])
     names = [c.name for c in meta.classes]
     base = PostProcess.model_validate(meta.postprocess or {})
@@ -220,8 +224,6 @@ def predict(
         postprocess=post,
         combine=combine,  # type: ignore[arg-type]
     )
-    files = expand_inputs(inputs)
-    out_dir = Path(out)
     written = []
     kept = []
     with ProgressBar(progress, "predict", len(files)) as bar:

@@ -22,7 +22,7 @@ from segflow._parallel import parallel_map
 from segflow._version import __version__
 from segflow.data import image_io
 from segflow.data.dataset import CanonicalDataset, SplitRow, atomic_write_text, now_iso
-from segflow.data.fingerprint import Fingerprint, SampleStats, sample_stats
+from segflow.data.fingerprint import Fingerprint, SampleStats, nonfinite_problem, sample_stats
 from segflow.errors import DataError, SegflowError
 from segflow.registry import Registry
 
@@ -121,7 +121,10 @@ def _scan(job: _ScanJob) -> SampleScan:
             )
         except SegflowError as exc:
             scan.mask_error = str(exc)
-    if image is None:
+    scan.image_error = scan.image_error or (
+        nonfinite_problem(job.image, image) if image is not None else None
+    )
+    if image is None or scan.image_error:
         return scan
     labelled = mask is not None and mask.shape == image.shape[:2]
     fg = list(range(1, job.num_classes))
