@@ -310,7 +310,7 @@ class _ScanJob:
 def _scan(job: _ScanJob) -> SampleStats | str:
     """Statistics of one sample, or the reason it could not be read."""
     from segflow.data import image_io
-    from segflow.errors import SegflowError
+    from segflow.errors import DataError, SegflowError
 
     try:
         image = image_io.read_image(job.image)
@@ -319,7 +319,10 @@ def _scan(job: _ScanJob) -> SampleStats | str:
         return str(exc)
     if mask is not None and mask.shape != image.shape[:2]:
         return f"{job.mask}: mask size {mask.shape} differs from image size {image.shape[:2]}"
-    return nonfinite_problem(job.image, image) or sample_stats(job.stem, image, mask, job.class_ids)
+    problem = nonfinite_problem(job.image, image)
+    if problem is not None:  # a plan must not normalise by NaN: refuse, naming the image
+        raise DataError(None, problem)
+    return sample_stats(job.stem, image, mask, job.class_ids)
 
 
 def fingerprint_dataset(

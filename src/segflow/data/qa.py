@@ -23,7 +23,7 @@ from segflow._version import __version__
 from segflow.data import image_io
 from segflow.data.dataset import CanonicalDataset, SplitRow, atomic_write_text, now_iso
 from segflow.data.fingerprint import Fingerprint, SampleStats, nonfinite_problem, sample_stats
-from segflow.errors import DataError, SegflowError
+from segflow.errors import DataError, SegflowError, UsageError
 from segflow.registry import Registry
 
 #: Perceptual hash size: ``PHASH_SIZE**2`` bits (imagehash.phash, DCT of a 64x64 grey thumbnail).
@@ -491,7 +491,9 @@ def read_exclude_file(path: Path, dataset: CanonicalDataset) -> list[str]:
         raise DataError(path, "exclude file not found")
     known = set(dataset.image_files())
     stems: list[str] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    from segflow._textio import read_text
+
+    for lineno, line in enumerate(read_text(path, "exclude file").splitlines(), start=1):
         entry = line.split("#", 1)[0].strip()
         if not entry:
             continue
@@ -537,6 +539,9 @@ def run_check(
     if exclude is not None:
         stems = read_exclude_file(Path(exclude), dataset)
         dataset.save_meta(dataset.meta.model_copy(update={"exclude": stems}))
+    for out in (report, json_out):  # before any work or output
+        if out is not None and out.is_dir():
+            raise UsageError(f"{out}: is a folder; give the path of a file to write")
     meta = dataset.meta
     image_files = dataset.image_files()
     if not image_files:
