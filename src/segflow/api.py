@@ -129,6 +129,8 @@ def export_model(
 
     from segflow.errors import UsageError
 
+    if not tolerance >= 0:  # also NaN
+        raise UsageError(f"--tolerance {tolerance}: must be >= 0 (max |logit difference|)")
     if format not in MODEL_FORMATS:
         close = difflib.get_close_matches(format.lower(), MODEL_FORMATS, n=1, cutoff=0.5)
         hint = f" (did you mean {close[0]}?)" if close else ""

@@ -126,6 +126,7 @@ EXPORT: dict[str, Case] = {
     "export_bundle_opset_3": Case(lambda t, s: ["export", s.multi, "--format", "onnx", "--opset", "3"], 2, ("opset 3",)),
     "export_bundle_with_paths": Case(lambda t, s: ["export", s.multi, t / "x.onnx", "--format", "onnx"], 2, ("no further paths",)),
     "export_bundle_yaml_bomb": Case(lambda t, s: ["export", _fake_bundle(t, yaml_bomb()), "--format", "onnx"], 1, ("bundle.yaml", "alias")),
+    "export_bundle_negative_tolerance": Case(lambda t, s: ["export", s.multi, "--format", "onnx", "--tolerance", "-1"], 2, ("--tolerance",)),
     "export_torchscript_with_opset": Case(lambda t, s: ["export", s.multi, "--format", "torchscript", "--opset", "17"], 2, ("--opset",)),
 }  # fmt: skip
 
