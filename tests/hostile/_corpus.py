@@ -164,3 +164,20 @@ def yaml_bomb(levels: int = 7) -> str:
         refs = ", ".join([f"*a{i - 1}"] * 9)
         lines.append(f"a{i}: &a{i} [{refs}]")
     return "\n".join(lines) + "\n"
+
+
+def nan_dataset(tmp: Path) -> Path:
+    """``tmp/ds``: three float32 TIFF images; ``s001``, in the train split, has a NaN pixel."""
+    import tifffile
+
+    from tests.fixtures.synthetic import make_dataset
+
+    root = make_dataset(tmp / "ds", n=3, size=(24, 32), ext=".tif")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        image = rng.random((24, 32, 3)).astype(np.float32)
+        if i == 1:
+            image[3, 4, 0] = np.nan
+        tifffile.imwrite(root / "images" / f"s00{i}.tif", image, photometric="rgb")
+    (root / "splits.csv").write_text("stem,split\ns000,train\ns001,train\ns002,val\n")
+    return root

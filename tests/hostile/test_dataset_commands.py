@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.fixtures.synthetic import make_dataset
-from tests.hostile._corpus import Case, error_line, run_case, yaml_bomb
+from tests.hostile._corpus import Case, error_line, nan_dataset, run_case, yaml_bomb
 
 
 def _ds(tmp: Path, n: int = 3) -> Path:
@@ -36,19 +36,6 @@ def _file(tmp: Path, name: str, data: str | bytes) -> Path:
     else:
         path.write_text(data)
     return path
-
-
-def _nan_dataset(tmp: Path) -> Path:
-    import tifffile
-
-    root = make_dataset(tmp / "ds", n=3, size=(24, 32), ext=".tif")
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        image = rng.random((24, 32, 3)).astype(np.float32)
-        if i == 1:
-            image[3, 4, 0] = np.nan
-        tifffile.imwrite(root / "images" / f"s00{i}.tif", image, photometric="rgb")
-    return root
 
 
 def _no_masks(tmp: Path) -> Path:
@@ -86,7 +73,7 @@ SPLIT: dict[str, Case] = {
 }  # fmt: skip
 
 PLAN: dict[str, Case] = {
-    "plan_nan_pixels": Case(lambda t, s: ["plan", _nan_dataset(t), "--out", t / "c.yaml", "--timing", "table"], 1, ("s001.tif", "NaN")),
+    "plan_nan_pixels": Case(lambda t, s: ["plan", nan_dataset(t), "--out", t / "c.yaml", "--timing", "table"], 1, ("s001.tif", "NaN")),
     "plan_bad_budget": Case(lambda t, s: ["plan", _ds(t), "--out", t / "c.yaml", "--budget", "soon"], 2, ("soon",)),
     "plan_zero_budget": Case(lambda t, s: ["plan", _ds(t), "--out", t / "c.yaml", "--budget", "0s"], 2, ("0s",)),
     "plan_unknown_set_key": Case(lambda t, s: ["plan", _ds(t), "--out", t / "c.yaml", "--set", "model.encodr=resnet18"], 2, ("model.encodr", "did you mean model.encoder")),
@@ -139,7 +126,7 @@ def test_dataset_command_refuses(name: str, tmp_path: Path) -> None:
 
 
 def test_check_reports_nan_pixels_as_an_error_finding(tmp_path: Path) -> None:
-    root = _nan_dataset(tmp_path)
+    root = nan_dataset(tmp_path)
     res = run_cli("check", root, "--json", tmp_path / "qa.json")
     assert res.exit_code == 1, res.stderr
     assert "Traceback" not in res.stderr

@@ -219,6 +219,14 @@ MASKS_AND_FOLDERS: dict[str, Case] = {
     "classes_yaml_python_tag": Case(
         lambda t, s: _imp("masks", masks_src(t), t, "--classes", _write(t / "c.yaml", "classes: !!python/object/apply:os.system [id]\n")),
         1, ("c.yaml", "YAML")),
+    "classes_listed_twice": Case(
+        lambda t, s: _imp("masks", masks_src(t), t, "--classes", _txt(t, "background\nnucleus\nnucleus\n")),
+        1, ("classes.txt", "listed twice")),
+    "classes_300_names": Case(
+        lambda t, s: _imp("masks", masks_src(t), t, "--classes", _txt(t, "\n".join(f"c{i}" for i in range(300)))),
+        1, ("classes.txt", "255 classes")),
+    "classes_empty_file": Case(
+        lambda t, s: _imp("masks", masks_src(t), t, "--classes", _txt(t, "")), 1, ("classes.txt", "no classes")),
     "classes_missing": Case(
         lambda t, s: _imp("masks", masks_src(t), t, "--classes", t / "nope.txt"), 2, ("nope.txt", "not found")),
     "mmseg_rgb_annotation": Case(

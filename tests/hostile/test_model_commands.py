@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.fixtures.synthetic import make_dataset
-from tests.hostile._corpus import Case, img, run_case, snapshot, yaml_bomb
+from tests.hostile._corpus import Case, img, nan_dataset, run_case, snapshot, yaml_bomb
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,7 @@ TRAIN: dict[str, Case] = {
     "train_budget_with_config": Case(lambda t, s: ["train", _config(t, "train: {epochs: 1}\n"), "--data", _ds(t), "--budget", "1m"], 2, ("--budget",)),
     "train_unknown_key": Case(lambda t, s: _train(t, "train.epoch=1"), 2, ("train.epoch", "did you mean")),
     "train_fold_negative": Case(lambda t, s: _train(t, "data.fold=-2"), 2, ("data.fold",)),
+    "train_nan_pixels_with_a_config": Case(lambda t, s: ["train", _config(t, "train: {epochs: 1}\n"), "--data", nan_dataset(t), "--set", f"train.output={t / 'runs'}", "--set", "model.encoder_weights=null"], 1, ("s001.tif", "NaN")),
     "train_seed_out_of_range": Case(lambda t, s: _train(t, "train.seed=-5"), 2, ("train.seed",)),
 }  # fmt: skip
 

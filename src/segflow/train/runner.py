@@ -283,13 +283,12 @@ def _fit(
     rank_zero = (
         int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
-
     stats_file = run_dir / "data_stats.json"
     if stats_file.is_file():
         stats = DataStats(**json.loads(stats_file.read_text()))
-    else:
+    else:  # before the run folder: unusable images (NaN pixels) are refused here
         stats = data_stats(dataset, stems["train"], cfg, progress=progress and rank_zero)
+        run_dir.mkdir(parents=True, exist_ok=True)
         if rank_zero:
             atomic_write_text(stats_file, json.dumps(stats.__dict__, indent=2))
     pretrained = cfg.model.encoder_weights is not None or cfg.model.init_from is not None
