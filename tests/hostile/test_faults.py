@@ -180,7 +180,7 @@ def test_unreadable_image_in_import(tmp_path: Path) -> None:
     src = masks_src(tmp_path)
     (src / "images" / "a1.png").chmod(0)
     res = _segflow(["import", "masks", src, tmp_path / "ds"], wrap=_no_dac())
-    _refused(res, 1, "a1.png", "ermission denied")
+    _refused(res, 1, "a1.png", "permission denied")
     assert not (tmp_path / "ds").exists() and not list(tmp_path.glob(".ds.tmp-*"))
 
 

@@ -391,8 +391,17 @@ class DatasetWriter:
         self.masks = self.tmp / "masks"
 
     def __enter__(self) -> DatasetWriter:
-        self.images.mkdir(parents=True)
-        self.masks.mkdir()
+        from segflow.errors import os_error
+
+        try:
+            self.images.mkdir(parents=True)
+            self.masks.mkdir()
+        except OSError as exc:  # a read-only or full disk: name the output, not the temp folder
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            error = os_error(exc, self.out)
+            if error is None:
+                raise
+            raise error from None
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
