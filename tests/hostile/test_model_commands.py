@@ -217,5 +217,14 @@ def test_batch_one_and_default_batch_agree(tmp_path: Path, shared: Shared) -> No
     assert np.array_equal(outs[0], outs[1])
 
 
+def test_control_eval_scores_every_image(tmp_path: Path, shared: Shared) -> None:
+    import json
+
+    res = run_cli("eval", shared.multi, _ds(tmp_path), "--split", "all", "--out", tmp_path / "ev")
+    assert res.exit_code == 0, res.stderr
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["n_images"] == 4 and 0 <= metrics["macro"]["iou"] <= 1
+
+
 def test_corpus_size() -> None:
     assert len(CASES) >= 50
