@@ -110,6 +110,8 @@ EVAL: dict[str, Case] = {
     "eval_dataset_missing": Case(lambda t, s: ["eval", s.multi, t / "nods", "--out", t / "ev"], 1, ("nods",)),
     "eval_unknown_split": Case(lambda t, s: ["eval", s.multi, _ds(t), "--split", "dev", "--out", t / "ev"], 2, ("dev",)),
     "eval_tta_unknown": Case(lambda t, s: ["eval", s.multi, _ds(t), "--split", "all", "--tta", "x", "--out", t / "ev"], 2, ("TTA",)),
+    "eval_out_is_a_file": Case(lambda t, s: ["eval", s.multi, _ds(t), "--split", "all", "--out", img(t / "f.png")], 2, ("f.png", "already exists")),
+    "eval_worst_k_negative": Case(lambda t, s: ["eval", s.multi, _ds(t), "--split", "all", "--worst-k", "-1", "--out", t / "ev"], 2, ("worst_k",)),
     "eval_dataset_yaml_alias_bomb": Case(lambda t, s: ["eval", s.multi, _bomb_ds(t), "--split", "all", "--out", t / "ev"], 1, ("dataset.yaml", "alias")),
 }  # fmt: skip
 
