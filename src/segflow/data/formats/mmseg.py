@@ -10,7 +10,8 @@ Layouts (the first existing image and annotation folder names are used):
 
 Image and annotation names pair by suffix (``00000_img.jpg`` / ``00000_gt.png``): ``--img-suffix``
 and ``--seg-suffix``, else the suffix pair matching the most files. The canonical stem is the bare
-stem (``00000``; ``a.png`` beside ``a.png`` is ``a``, and split lists name it ``a``). Annotations are index PNGs: a palette PNG gives its indices, never its colours.
+stem (``00000``; ``a.png`` beside ``a.png`` is ``a``, as split lists name it).
+Annotations are index PNGs: a palette PNG gives its indices, never its colours.
 ``--reduce-zero-label`` applies MMSeg's rule (0 -> 255 ignore, k -> k-1; 255 stays ignore).
 
 MMSeg annotations carry no class names: ``--classes`` gives them (every pixel id must be below
