@@ -41,6 +41,12 @@ def parallel_map(
     Workers start with ``forkserver`` (``spawn`` where unavailable) so that no thread state of
     the parent (progress bars, torch) is forked.
     """
+    if workers is not None and workers < 1:
+        from segflow.errors import UsageError
+
+        raise UsageError(
+            f"--workers {workers}: must be at least 1 (or leave it out for the default)"
+        )
     n_workers = workers or default_workers()
     with ProgressBar(progress, label, len(items)) as bar:
         if n_workers <= 1 or len(items) < MIN_ITEMS_FOR_POOL:

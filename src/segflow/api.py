@@ -130,6 +130,8 @@ def export_model(
 
     from segflow.errors import UsageError
 
+    if not tolerance >= 0:  # also NaN
+        raise UsageError(f"--tolerance {tolerance}: must be >= 0 (max |logit difference|)")
     if format not in MODEL_FORMATS:
         close = difflib.get_close_matches(format.lower(), MODEL_FORMATS, n=1, cutoff=0.5)
         hint = f" (did you mean {close[0]}?)" if close else ""
@@ -194,6 +196,7 @@ def predict(
         raise UsageError(f"--combine {combine!r}: use mean or vote")
     if polygons not in (None, "geojson", "coco"):
         raise UsageError(f"--polygons {polygons!r}: use geojson or coco")
+    out_dir = Path(out)
     flips: list[str] | None = None
     if isinstance(tta, str):
         flips = (
@@ -201,6 +204,9 @@ def predict(
         )
     elif tta is not None:
         flips = list(tta)
+    files = expand_inputs(inputs)  # inputs whose outputs would collide refused here
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir}: --out is a file, not a folder")
     meta = read_bundle_meta(paths[0])
     names = [c.name for c in meta.classes]
     base = PostProcess.model_validate(meta.postprocess or {})
@@ -229,8 +235,6 @@ def predict(
         threads=threads,
     )
     logging.getLogger("segflow.infer.backend").info("%s", predictor.describe_backends())
-    files = expand_inputs(inputs)
-    out_dir = Path(out)
     written = []
     kept = []
     with ProgressBar(progress, "predict", len(files)) as bar:

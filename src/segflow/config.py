@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -83,14 +84,14 @@ class DataConfig(_Section):
     )
     batch_size: int = Field(8, ge=1, description="training batch size")
     val_batch_size: int = Field(1, ge=1, description="validation batch size (whole images)")
-    num_workers: int | Literal["auto"] = Field(
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         "auto", description="data loader processes ('auto': CPUs - 1, at most 8)"
     )
     crops_per_image: int = Field(
         1, ge=1, description="training crops drawn from each image per epoch (large images: more)"
     )
     fold: int | None = Field(
-        None, description="k-fold: validate on this fold of splits.csv, train on the others"
+        None, ge=0, description="k-fold: validate on this fold of splits.csv, train on the others"
     )
     cache_mb: int = Field(
         1024,
@@ -232,7 +233,9 @@ class TrainConfig(_Section):
         description="stop training after this many wall-clock minutes (null: no limit; "
         "segflow plan sets it from the time budget)",
     )
-    seed: int = Field(0, description="random seed (data order, crops, augmentation, init)")
+    seed: int = Field(
+        0, ge=0, le=2**32 - 1, description="random seed (data order, crops, augmentation, init)"
+    )
     monitor: str = Field("val/mIoU", description="metric choosing the best model")
     monitor_mode: Literal["max", "min"] = Field(
         "max", description="whether the monitored metric should go up"
@@ -241,7 +244,9 @@ class TrainConfig(_Section):
         0, ge=0, description="stop after this many epochs without improvement (0: off)"
     )
     accelerator: Literal["auto", "cpu", "gpu", "mps"] = Field("auto", description="device type")
-    devices: int | Literal["auto"] = Field("auto", description="number of devices")
+    devices: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="number of devices"
+    )
     num_nodes: int = Field(1, ge=1, description="machines for multi-node training")
     strategy: Literal["auto", "ddp", "ddp_spawn"] = Field(
         "auto", description="distribution strategy"
@@ -273,6 +278,16 @@ class TrainConfig(_Section):
     limit_val_batches: float | int = Field(
         1.0, description="share (float) or number (int) of validation batches"
     )
+
+    @field_validator("limit_train_batches", "limit_val_batches")
+    @classmethod
+    def _check_limit(cls, value: float | int) -> float | int:
+        # 0 batches trains (or validates) nothing: the "best" bundle would be an untrained network.
+        if isinstance(value, float) and not 0 < value <= 1:
+            raise ValueError("a share of batches must be in (0, 1]; use an int for a count")
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1 batch (or a share in (0, 1])")
+        return value
 
 
 class TrackingConfig(_Section):
@@ -342,16 +357,25 @@ def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
+def _loc(parts: Sequence[Any]) -> str:
+    """``data.num_workers`` from pydantic's location, without union-member tags."""
+    loc = ".".join(str(p) for p in parts if re.fullmatch(r"\w+", str(p)))
+    return re.sub(r"\.(int|float|str|bool)$", "", loc)
+
+
 def _explain(exc: ValidationError, source: str) -> ConfigError:
-    first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
+    errors = exc.errors()
+    # A union (``int | "auto"``) reports one error per member: the non-literal one says more.
+    first = next((e for e in errors if e["type"] != "literal_error"), errors[0])
+    loc = _loc(first["loc"])
     if first["type"] == "extra_forbidden":
         close = difflib.get_close_matches(loc, _known_keys(SegflowConfig), n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]}?)" if close else ""
         return ConfigError(
             f"{source}: unknown key {loc!r}{hint}; see `segflow config show --defaults`"
         )
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    others = len({_loc(e["loc"]) for e in errors}) - 1
+    more = f" (and {others} more)" if others else ""
     return ConfigError(f"{source}: {loc}: {first['msg']}{more}")
 
 
@@ -366,10 +390,13 @@ def load_config(
         source = str(p)
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
+        from segflow._textio import load_yaml, read_text
+        from segflow.errors import DataError
+
         try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {str(exc).splitlines()[0]}") from None
+            raw = load_yaml(read_text(p, "config file"), p) or {}
+        except DataError as exc:
+            raise ConfigError(str(exc)) from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: expected a mapping of sections (data, model, loss...)")
         data = raw

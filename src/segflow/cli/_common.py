@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import typer
@@ -19,22 +20,57 @@ def print_error(message: str) -> None:
 
 
 def cli_errors(func: F) -> F:
-    """Turn segflow's user errors into one line on stderr and their exit code."""
+    """Turn user errors into one line on stderr and their exit code (see :mod:`segflow.errors`).
+
+    ``SegflowError`` keeps its own code; OS, text-encoding, validation and Lightning
+    configuration errors are translated by :func:`segflow.errors.user_error` (a real bug keeps
+    its traceback). SIGTERM is handled like Ctrl-C, so temporary outputs are cleaned up.
+    With ``--debug`` or ``SEGFLOW_DEBUG=1`` every error shows its full traceback.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from segflow.errors import SegflowError
+        from segflow.errors import SegflowError, debug_enabled, user_error
 
-        try:
-            return func(*args, **kwargs)
-        except SegflowError as exc:
-            print_error(str(exc))
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            print_error("interrupted")
-            raise typer.Exit(130) from None
+        with _sigterm_as_interrupt():
+            try:
+                return func(*args, **kwargs)
+            except KeyboardInterrupt as exc:
+                print_error("terminated" if isinstance(exc, Terminated) else "interrupted")
+                raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
+            except Exception as exc:
+                if debug_enabled():
+                    raise
+                error = exc if isinstance(exc, SegflowError) else user_error(exc)
+                if error is None:
+                    raise
+                print_error(str(error))
+                raise typer.Exit(error.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that ``finally`` blocks remove temporary outputs."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class OneLineHandler(logging.Handler):

@@ -45,6 +45,10 @@ def main(
         bool, typer.Option("--verbose", "-v", help="Show informational messages.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Show errors only.")] = False,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", help="Show the full traceback of any error (or SEGFLOW_DEBUG=1)."),
+    ] = False,
     version: Annotated[
         bool,
         typer.Option(
@@ -53,6 +57,8 @@ def main(
     ] = False,
 ) -> None:
     """Annotated images -> trained, evaluated, exported and served segmentation models."""
+    if debug:  # read by the error boundary, in this process and its workers
+        os.environ["SEGFLOW_DEBUG"] = "1"
     logger = logging.getLogger("segflow")
     logger.handlers[:] = [OneLineHandler()]
     logger.setLevel(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING)

@@ -114,7 +114,9 @@ def train(
     Without CONFIG, a config is planned for DATASET first (see segflow plan) and saved in the run
     folder; --set values apply on top of it.
     """
-    from segflow.errors import UsageError
+    import shutil
+
+    from segflow.errors import SegflowError, UsageError
     from segflow.train.runner import FoldsResult
     from segflow.train.runner import train as run_train
 
@@ -126,17 +128,23 @@ def train(
         raise UsageError(
             "--budget plans a config: use it without CONFIG (or set train.max_minutes in CONFIG)"
         )
-    result = run_train(
-        config,
-        data=data,
-        overrides=set_ or [],
-        resume=resume,
-        fold=fold,
-        folds=folds,
-        tracking_uri=tracking_uri,
-        name=name,
-        progress=True,
-    )
+    planned = config if config is not None and config.name == PLAN_FILE and resume is None else None
+    try:
+        result = run_train(
+            config,
+            data=data,
+            overrides=set_ or [],
+            resume=resume,
+            fold=fold,
+            folds=folds,
+            tracking_uri=tracking_uri,
+            name=name,
+            progress=True,
+        )
+    except SegflowError:
+        if planned is not None and [p.name for p in planned.parent.iterdir()] == [PLAN_FILE]:
+            shutil.rmtree(planned.parent)  # refused before training: leave no run folder
+        raise
     out = console()
     if isinstance(result, FoldsResult):
         for i, r in enumerate(result.folds):
@@ -164,9 +172,10 @@ def _plan_run(
 
     from segflow.config import load_config
     from segflow.train.planner import plan_dataset
-    from segflow.train.runner import RUN_NAME_ENV, default_run_name
+    from segflow.train.runner import RUN_NAME_ENV, check_devices, default_run_name
 
     base = load_config(None, overrides)
+    check_devices(base.train.accelerator, base.train.devices)  # before planning (seconds)
     joining = os.environ.get(RUN_NAME_ENV)  # a process started by a DDP launch: reuse the plan
     if joining and (base.train.output / joining / PLAN_FILE).is_file():
         return base.train.output / joining / PLAN_FILE, joining

@@ -148,10 +148,9 @@ def load_meta(path: Path) -> DatasetMeta:
     """Read and validate ``dataset.yaml``."""
     if not path.is_file():
         raise DataError(path, "dataset.yaml not found: is this a segflow dataset folder?")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise DataError(path, f"not valid YAML: {str(exc).splitlines()[0]}") from None
+    from segflow._textio import load_yaml, read_text
+
+    raw = load_yaml(read_text(path, "dataset.yaml"), path)
     if not isinstance(raw, dict):
         raise DataError(path, "expected a mapping with name, classes, ignore_index")
     try:
@@ -201,8 +200,12 @@ class SplitRow:
 
 def read_splits(path: Path) -> dict[str, SplitRow]:
     """Read ``splits.csv`` into ``{stem: SplitRow}``; raises DataError naming bad rows."""
+    import io
+
+    from segflow._textio import read_text
+
     rows: dict[str, SplitRow] = {}
-    with path.open(newline="", encoding="utf-8") as fh:
+    with io.StringIO(read_text(path, "splits.csv"), newline="") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or "stem" not in reader.fieldnames:
             raise DataError(path, "splits.csv needs a header with at least a 'stem' column")
@@ -380,13 +383,25 @@ class DatasetWriter:
             parent.mkdir(parents=True, exist_ok=True)  # `import x data/new/ds` just works
         except OSError as exc:
             raise UsageError(f"{self.out}: cannot create {parent} ({exc.strerror})") from exc
-        self.tmp = parent / f".{self.out.name}.tmp-{uuid.uuid4().hex[:8]}"
+        from segflow._tempfiles import sweep_stale, tag
+
+        sweep_stale(parent, f".{self.out.name}.tmp-")  # left by a killed import
+        self.tmp = parent / f".{self.out.name}.tmp-{tag()}"
         self.images = self.tmp / "images"
         self.masks = self.tmp / "masks"
 
     def __enter__(self) -> DatasetWriter:
-        self.images.mkdir(parents=True)
-        self.masks.mkdir()
+        from segflow.errors import os_error
+
+        try:
+            self.images.mkdir(parents=True)
+            self.masks.mkdir()
+        except OSError as exc:  # a read-only or full disk: name the output, not the temp folder
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            error = os_error(exc, self.out)
+            if error is None:
+                raise
+            raise error from None
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:

@@ -87,7 +87,9 @@ def object_stats(
     small = mask
     if scale > 1:
         small = cv2.resize(
-            mask, (round(w / scale), round(h / scale)), interpolation=cv2.INTER_NEAREST
+            mask,
+            (max(1, round(w / scale)), max(1, round(h / scale))),  # a 100000 x 1 image: 1 row
+            interpolation=cv2.INTER_NEAREST,
         )
     linear = max(scale, 1.0)
     areas: dict[int, list[int]] = {}
@@ -136,6 +138,22 @@ def structure_widths(mask: np.ndarray, class_ids: Sequence[int]) -> dict[int, li
         if hist.any():
             out[cid] = hist.tolist()
     return out
+
+
+def nonfinite_problem(path: Path | str, image: np.ndarray) -> str | None:
+    """Why a float image's NaN/infinite pixels make it unusable (None when every pixel is finite).
+
+    Normalisation statistics, losses and predictions would all turn NaN.
+    """
+    if not np.issubdtype(image.dtype, np.floating):
+        return None
+    bad = int(image.size - np.count_nonzero(np.isfinite(image)))
+    if not bad:
+        return None
+    return (
+        f"{path}: {bad} pixel value(s) are NaN or infinite; replace them (e.g. with 0 or the "
+        "nodata value) or exclude the image"
+    )
 
 
 def sample_stats(
@@ -292,7 +310,7 @@ class _ScanJob:
 def _scan(job: _ScanJob) -> SampleStats | str:
     """Statistics of one sample, or the reason it could not be read."""
     from segflow.data import image_io
-    from segflow.errors import SegflowError
+    from segflow.errors import DataError, SegflowError
 
     try:
         image = image_io.read_image(job.image)
@@ -301,6 +319,9 @@ def _scan(job: _ScanJob) -> SampleStats | str:
         return str(exc)
     if mask is not None and mask.shape != image.shape[:2]:
         return f"{job.mask}: mask size {mask.shape} differs from image size {image.shape[:2]}"
+    problem = nonfinite_problem(job.image, image)
+    if problem is not None:  # a plan must not normalise by NaN: refuse, naming the image
+        raise DataError(None, problem)
     return sample_stats(job.stem, image, mask, job.class_ids)
 
 

@@ -98,6 +98,10 @@ def _open_pil(path: Path | None, data: bytes | None = None, name: str = "") -> P
         what = "file is empty" if size == 0 else "not an image Pillow can identify"
         raise DataError(label, what) from None
     except OSError as exc:
+        from segflow.errors import os_error
+
+        if exc.errno is not None and os_error(exc) is not None:  # permission denied, EIO...
+            raise DataError(None, str(os_error(exc, label))) from None
         raise DataError(label, f"cannot open image: {_reason(exc)}") from None
     try:
         _check_pixels(label, img.height, img.width)

@@ -22,8 +22,8 @@ from segflow._parallel import parallel_map
 from segflow._version import __version__
 from segflow.data import image_io
 from segflow.data.dataset import CanonicalDataset, SplitRow, atomic_write_text, now_iso
-from segflow.data.fingerprint import Fingerprint, SampleStats, sample_stats
-from segflow.errors import DataError, SegflowError
+from segflow.data.fingerprint import Fingerprint, SampleStats, nonfinite_problem, sample_stats
+from segflow.errors import DataError, SegflowError, UsageError
 from segflow.registry import Registry
 
 #: Perceptual hash size: ``PHASH_SIZE**2`` bits (imagehash.phash, DCT of a 64x64 grey thumbnail).
@@ -121,7 +121,10 @@ def _scan(job: _ScanJob) -> SampleScan:
             )
         except SegflowError as exc:
             scan.mask_error = str(exc)
-    if image is None:
+    scan.image_error = scan.image_error or (
+        nonfinite_problem(job.image, image) if image is not None else None
+    )
+    if image is None or scan.image_error:
         return scan
     labelled = mask is not None and mask.shape == image.shape[:2]
     fg = list(range(1, job.num_classes))
@@ -488,7 +491,9 @@ def read_exclude_file(path: Path, dataset: CanonicalDataset) -> list[str]:
         raise DataError(path, "exclude file not found")
     known = set(dataset.image_files())
     stems: list[str] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    from segflow._textio import read_text
+
+    for lineno, line in enumerate(read_text(path, "exclude file").splitlines(), start=1):
         entry = line.split("#", 1)[0].strip()
         if not entry:
             continue
@@ -534,6 +539,9 @@ def run_check(
     if exclude is not None:
         stems = read_exclude_file(Path(exclude), dataset)
         dataset.save_meta(dataset.meta.model_copy(update={"exclude": stems}))
+    for out in (report, json_out):  # before any work or output
+        if out is not None and out.is_dir():
+            raise UsageError(f"{out}: is a folder; give the path of a file to write")
     meta = dataset.meta
     image_files = dataset.image_files()
     if not image_files:

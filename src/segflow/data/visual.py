@@ -25,6 +25,9 @@ def to_display_rgb(image: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint8:
         return np.ascontiguousarray(arr)
     data = arr.astype(np.float32)
+    finite = np.isfinite(data)
+    if not finite.all():  # NaN/inf pixels (reported by check) are shown black
+        data = np.where(finite, data, np.float32(np.nanmin(data[finite]) if finite.any() else 0))
     lo, hi = np.percentile(data, [1, 99])
     if hi <= lo:
         hi = lo + 1.0

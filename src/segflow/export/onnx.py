@@ -72,7 +72,6 @@ import logging
 import os
 import sys
 import tempfile
-import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -381,7 +380,10 @@ def export_onnx(
     folder, meta = bundle.path, bundle.meta
     eager = torch_runner(bundle.model)
     example = example_input(shapes, meta.in_channels, seed)
-    staged = folder / f".{ONNX_FILE}.{uuid.uuid4().hex[:8]}.tmp"
+    from segflow._tempfiles import sweep_stale, tag
+
+    sweep_stale(folder, f".{ONNX_FILE}.", ".tmp")  # left by a killed export
+    staged = folder / f".{ONNX_FILE}.{tag()}.tmp"
     order = ["legacy", "dynamo"] if exporter == "auto" else [exporter]
     failures: list[str] = []
     try:

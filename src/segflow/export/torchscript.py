@@ -19,7 +19,6 @@ verify it right after writing.
 from __future__ import annotations
 
 import os
-import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -144,7 +143,10 @@ def export_torchscript(
     folder, meta = bundle.path, bundle.meta
     eager = torch_runner(bundle.model)
     example = example_input(shapes, meta.in_channels, seed)
-    staged = folder / f".{TS_FILE}.{uuid.uuid4().hex[:8]}.tmp"
+    from segflow._tempfiles import sweep_stale, tag
+
+    sweep_stale(folder, f".{TS_FILE}.", ".tmp")  # left by a killed export
+    staged = folder / f".{TS_FILE}.{tag()}.tmp"
     failures: list[str] = []
     try:
         for method, make in _METHODS.items():

@@ -23,8 +23,11 @@ PolygonFormat = Literal["geojson", "coco"]
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # after a failed write (disk full, SIGTERM): no partial file
 
 
 def _png(array: np.ndarray) -> bytes:

@@ -133,6 +133,11 @@ class Predictor:
         self.combine = combine
         self.classes: list[ClassInfo] = list(first.classes)
         self.task = first.task
+        if threshold is not None and self.task != "binary":
+            raise UsageError(
+                f"--threshold {threshold}: {first.name} is a {self.task} model (each pixel takes "
+                "its most probable class); a threshold applies to binary models only"
+            )
         self.ignore_index = first.ignore_index
         self.threshold = first.threshold if threshold is None else threshold
         self.post = (
@@ -181,8 +186,7 @@ class Predictor:
             bad = [t for t in tta if t not in TTA_FLIPS]
             if bad:
                 raise UsageError(f"unknown TTA flip(s) {bad}; valid: {', '.join(TTA_FLIPS)}")
-        if overlap is not None and not 0 <= overlap < 1:
-            raise UsageError(f"--overlap {overlap} must be in [0, 1)")
+        check_settings(tile_size, overlap, batch_size, threshold, threads)
         members = []
         for path in paths:
             meta = read_bundle_meta(path)
@@ -423,6 +427,26 @@ class Predictor:
         return probs
 
 
+def check_settings(
+    tile: int | None,
+    overlap: float | None,
+    batch: int | None,
+    threshold: float | None,
+    threads: int | None = None,
+) -> None:
+    """Refuse inference settings out of range (None keeps the bundle's, always valid)."""
+    if tile is not None and tile < DIVISOR:
+        raise UsageError(f"--tile {tile}: must be at least {DIVISOR} (the network's stride)")
+    if overlap is not None and not 0 <= overlap < 1:
+        raise UsageError(f"--overlap {overlap} must be in [0, 1)")
+    if batch is not None and batch < 1:
+        raise UsageError(f"--batch {batch}: must be at least 1 tile")
+    if threshold is not None and not 0 < threshold < 1:
+        raise UsageError(f"--threshold {threshold}: must be a probability in (0, 1)")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads {threads}: must be at least 1")
+
+
 class _TileCount:
     """Tiles done for one image across the models of an ensemble, reported to a hook.
 
@@ -511,4 +535,26 @@ def expand_inputs(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[st
             out += found
         else:
             raise DataError(p, "input not found")
+    return unique_outputs(out)
+
+
+def unique_outputs(files: Sequence[Path]) -> list[Path]:
+    """``files`` without repeats of one file; two files whose outputs would share a name refused.
+
+    Outputs are named by the input's stem, so ``a/x.png`` and ``b/x.png`` (or ``x.png`` and
+    ``x.tif``) would overwrite each other's masks: a UsageError naming both, before any work.
+    """
+    seen: dict[str, Path] = {}
+    out = []
+    for f in files:
+        other = seen.get(f.stem)
+        if other is not None and other.resolve() == f.resolve():
+            continue
+        if other is not None:
+            raise UsageError(
+                f"{f}: its outputs would overwrite those of {other} (both are named "
+                f"{f.stem!r}); predict them into separate --out folders"
+            )
+        seen[f.stem] = f
+        out.append(f)
     return out

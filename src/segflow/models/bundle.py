@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from segflow._version import __version__
@@ -346,10 +345,9 @@ def read_bundle_meta(path: str | os.PathLike[str]) -> BundleMeta:
     meta_path = _bundle_folder(path) / META_FILE
     if not meta_path.is_file():
         raise DataError(meta_path, "missing: is this a segflow bundle?")
-    try:
-        raw = yaml.safe_load(meta_path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise DataError(meta_path, f"not valid YAML: {str(exc).splitlines()[0]}") from None
+    from segflow._textio import load_yaml, read_text
+
+    raw = load_yaml(read_text(meta_path, "bundle.yaml"), meta_path)
     if not isinstance(raw, dict):
         raise DataError(meta_path, "expected a mapping (segflow_version, classes, arch, ...)")
     version = str(raw.get("segflow_version", ""))

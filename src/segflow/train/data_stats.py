@@ -106,11 +106,17 @@ class _StatsJob:
 
 def _stats_job(job: _StatsJob) -> tuple[list[float], list[float], int, list[int]]:
     from segflow.config import PreprocessConfig
+    from segflow.data.fingerprint import nonfinite_problem
     from segflow.data.transforms import Normalization, Preprocessor
+    from segflow.errors import DataError
 
     norm = Normalization(scale=job.scale, mean=[0.0] * job.channels, std=[1.0] * job.channels)
     pre = Preprocessor(PreprocessConfig.model_validate(job.preprocess), job.channels, norm)
-    image, geom = pre.image(image_io.read_image(job.image))
+    raw = image_io.read_image(job.image)
+    problem = nonfinite_problem(job.image, raw)
+    if problem is not None:  # the normalisation (and every loss) would be NaN
+        raise DataError(None, problem)
+    image, geom = pre.image(raw)
     mask = pre.mask(image_io.read_mask(job.mask), geom)
     flat = image.reshape(-1, image.shape[2]).astype(np.float64)
     counts = image_io.class_histogram(np.ascontiguousarray(mask))

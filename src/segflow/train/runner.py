@@ -98,6 +98,24 @@ def _precision(setting: str) -> str:
     return "32-true"
 
 
+def check_devices(accelerator: str, devices: int | str) -> None:
+    """Refuse, before any run folder, the devices Lightning would reject once training starts."""
+    import torch
+
+    available = {
+        "gpu": torch.cuda.device_count(),
+        "mps": int(torch.backends.mps.is_available()),
+        "cpu": os.cpu_count() or 1,
+    }
+    kind = accelerator if accelerator != "auto" else "gpu" if available["gpu"] else "cpu"
+    if accelerator in ("gpu", "mps") and available[kind] == 0:
+        raise ConfigError(f"train.accelerator={accelerator}: no {kind} device on this machine")
+    if isinstance(devices, int) and kind != "cpu" and devices > available[kind]:
+        raise ConfigError(
+            f"train.devices={devices}: this machine has {available[kind]} {kind} device(s)"
+        )
+
+
 # ------------------------------------------------------------------------------------------------
 # Training
 
@@ -150,6 +168,7 @@ def train(
     from segflow.train.optim import check_schedule
 
     check_schedule(cfg.schedule, cfg.train.epochs, cfg.optimizer.lr)  # before any run folder
+    check_devices(cfg.train.accelerator, cfg.train.devices)
     if tracking_uri is not None:
         cfg.tracking.uri = tracking_uri
     run_name = name or cfg.train.name or os.environ.get(RUN_NAME_ENV) or default_run_name(cfg)
@@ -263,14 +282,17 @@ def _fit(
     dataset = CanonicalDataset(cfg.data.dataset or ".")
     meta = dataset.meta
     task_kind: Literal["binary", "multiclass"] = "binary" if meta.num_classes == 2 else "multiclass"
+    weights = cfg.loss.class_weights
+    if isinstance(weights, list) and len(weights) != meta.num_classes:  # before any run folder
+        raise ConfigError(
+            f"loss.class_weights has {len(weights)} values for {meta.num_classes} classes"
+        )
     stems = resolve_stems(dataset, cfg.data.fold, cfg.train.seed)
     if not stems["val"]:
         log.warning("no validation images: the last epoch's weights become the bundle")
     rank_zero = (
         int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
-
     stats_file = run_dir / "data_stats.json"
     if stats_file.is_file():
         try:
@@ -279,8 +301,9 @@ def _fit(
             raise DataError(
                 stats_file, f"damaged ({exc}); delete it to measure the training images again"
             ) from None
-    else:
+    else:  # before the run folder: unusable images (NaN pixels) are refused here
         stats = data_stats(dataset, stems["train"], cfg, progress=progress and rank_zero)
+        run_dir.mkdir(parents=True, exist_ok=True)
         if rank_zero:
             atomic_write_text(stats_file, json.dumps(stats.__dict__, indent=2))
     pretrained = cfg.model.encoder_weights is not None or cfg.model.init_from is not None

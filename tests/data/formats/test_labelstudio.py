@@ -311,7 +311,7 @@ def test_unannotated_tasks_are_skipped_with_a_warning(tmp_path: Path) -> None:
                     ],
                 }
             ],
-            "task 3 result 0 .*brush RLE holds 399 values, not 10x10x4",
+            "task 3 result 0 .*brush RLE declares 399 values, not the 400 of the image",
         ),
         (
             [

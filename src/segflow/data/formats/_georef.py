@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from segflow.data import image_io
-from segflow.data.formats.raster import OUT_OF_BOUNDS_TOLERANCE
+from segflow.data.formats.raster import OUT_OF_BOUNDS_TOLERANCE, check_bounds
 from segflow.errors import DataError
 
 Bounds = tuple[float, float, float, float]  # min x, min y, max x, max y
@@ -145,15 +145,18 @@ def choose_frame(
     from rasterio.transform import Affine
 
     pixel: tuple[list[Geometry], Any, Frame] = (geoms, Affine.identity(), "pixel")
-    if not geoms or coords == "pixel":
+    if not geoms:
+        return pixel
+    if coords == "pixel" or (raster.transform is None and coords != "crs"):
+        # Far outside the image is a mistake (wrong frame or image), as for every other importer.
+        check_bounds(np.array(bounds(geoms)).reshape(2, 2), raster.height, raster.width, path,
+                     f"a polygon over {image.name}")  # fmt: skip
         return pixel
     if raster.transform is None:
-        if coords == "crs":
-            raise DataError(
-                path,
-                f"--coords crs needs a georeferenced image, but {image.name} has no geotransform",
-            )
-        return pixel
+        raise DataError(
+            path,
+            f"--coords crs needs a georeferenced image, but {image.name} has no geotransform",
+        )
     raw = bounds(geoms)
     source = _source_crs(doc, path, raw, raster)
     in_crs = _reproject(geoms, source, raster.crs)

@@ -236,6 +236,8 @@ def read_json(path: Path) -> Any:
         raise DataError(path, f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
     except UnicodeDecodeError:
         raise DataError(path, "not valid JSON (not UTF-8 text)") from None
+    except RecursionError:
+        raise DataError(path, "not accepted JSON: nested too deeply") from None
     except OSError as exc:
         raise DataError(path, f"cannot read: {exc.strerror}") from None
 
@@ -364,6 +366,40 @@ def _safe_materialise(task: _Task) -> SampleResult:
     except SegflowError as exc:
         # DataError/UsageError are reported, not raised: the parent decides to stop or skip.
         return SampleResult(stem=task.spec.stem, error=str(exc))
+    except Exception as exc:
+        error = _input_error(exc, task.spec.source)
+        if error is None:
+            raise  # a bug: keep the traceback
+        return SampleResult(stem=task.spec.stem, error=str(error))
+
+
+def _input_error(exc: Exception, source: Path) -> SegflowError | None:
+    """A user error for what reading or writing one input raised (None: a bug, or --debug)."""
+    from segflow.errors import debug_enabled, os_error
+
+    if debug_enabled():
+        return None
+    if isinstance(exc, OSError):
+        return os_error(exc)
+    if isinstance(exc, UnicodeDecodeError):
+        return DataError(source, f"not UTF-8 text (byte {exc.start}); save it as UTF-8")
+    if isinstance(exc, ValueError | OverflowError | RecursionError):
+        return DataError(source, f"cannot parse: {' '.join(str(exc).split())[:200]}")
+    if isinstance(exc, MemoryError):
+        return DataError(source, "declares a size too large to decode")
+    return None
+
+
+def _plan(importer: Importer, src: Path, options: ImportOptions) -> ImportPlan:
+    try:
+        return importer.plan(src, options)
+    except SegflowError:
+        raise
+    except Exception as exc:
+        error = _input_error(exc, src)
+        if error is None:
+            raise
+        raise error from None
 
 
 def run_import(
@@ -399,7 +435,7 @@ def run_import(
 
     writer = DatasetWriter(out_path, overwrite=options.overwrite)
     importer = importer_cls()
-    plan = importer.plan(src_path, options)
+    plan = _plan(importer, src_path, options)
     if not plan.samples:
         raise DataError(
             src_path, f"no {importer_cls.name} samples found (is this the right format and folder?)"

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from segflow.data.dataset import IGNORE_INDEX, ClassInfo, make_classes
 from segflow.errors import DataError, UsageError
 
@@ -59,12 +57,14 @@ def load_classes_file(path: str | Path) -> ClassesSpec:
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{p}: classes file not found")
-    text = p.read_text(encoding="utf-8-sig")
+    from segflow._textio import load_yaml, read_text
+
+    text = read_text(p, "classes file", encoding="utf-8-sig")
     spec = ClassesSpec(names=[], colors=[], path=p)
     if p.suffix.lower() in (".yaml", ".yml", ".json"):
         try:
-            raw = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            raw = json.loads(text) if p.suffix.lower() == ".json" else load_yaml(text, p)
+        except json.JSONDecodeError as exc:
             raise DataError(p, f"cannot parse classes file: {str(exc).splitlines()[0]}") from None
         if isinstance(raw, Mapping):
             spec.ignore = {str(x) for x in raw.get("ignore", []) or []}

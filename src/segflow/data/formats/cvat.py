@@ -99,7 +99,7 @@ class CvatShape:
     points: np.ndarray  # polygon vertices, box/ellipse/mask numbers (see _parse_area)
     what: str  # where it is, for messages: "image 'a.jpg' shape 3 (box 'car')"
     rotation: float = 0.0
-    bits: np.ndarray | None = None  # mask only: the decoded box-sized bool array
+    rle: str = ""  # mask only: CVAT's RLE, decoded once the box is checked against the image
 
 
 def _num(elem: Element, name: str, path: Path, what: str) -> float:
@@ -125,7 +125,7 @@ def decode_mask_rle(rle: str, width: int, height: int, path: Path, what: str) ->
     """Decode CVAT's mask RLE (``"3, 5, 7"``: off/on runs, row-major) to bool ``height x width``."""
     try:
         counts = np.array([int(c) for c in rle.split(",")], dtype=np.int64)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise DataError(path, f"{what}: rle is not comma-separated integers") from None
     if width <= 0 or height <= 0 or (counts < 0).any():
         raise DataError(path, f"{what}: negative run or empty {width}x{height} box")
@@ -148,8 +148,10 @@ def _parse_area(elem: Element, label: str, z: int, seq: int, path: Path, what: s
         nums = np.array([_num(elem, a, path, what) for a in names])
         return CvatShape(label, kind, z, seq, nums, what, rotation)
     box = [int(_num(elem, a, path, what)) for a in ("left", "top", "width", "height")]
-    bits = decode_mask_rle(elem.get("rle") or "", box[2], box[3], path, what)
-    return CvatShape(label, kind, z, seq, np.array(box, dtype=np.float64), what, bits=bits)
+    if box[2] <= 0 or box[3] <= 0:
+        raise DataError(path, f"{what}: empty {box[2]}x{box[3]} mask box")
+    rle = elem.get("rle") or ""
+    return CvatShape(label, kind, z, seq, np.array(box, dtype=np.float64), what, rle=rle)
 
 
 def _declared_labels(doc: Element) -> tuple[list[str], dict[str, tuple[int, int, int]]]:
@@ -297,6 +299,8 @@ class CvatImporter(Importer):
             if image.get("width") and image.get("height"):
                 h, w = (int(_num(image, a, path, what)) for a in ("height", "width"))
                 declared = (h, w)
+                for shape in (s for s in shapes if s.kind == "mask"):  # before decoding its RLE
+                    check_bounds(_box_corners(shape), h, w, path, shape.what)
             relative = PurePosixPath(name.replace("\\", "/").lstrip("/"))
             samples.append(
                 SampleSpec(
@@ -349,11 +353,15 @@ def _region(shape: CvatShape, height: int, width: int, source: Path) -> np.ndarr
     return coco_polygons([pts], height, width)
 
 
+def _box_corners(shape: CvatShape) -> np.ndarray:
+    left, top, w, h = shape.points
+    return np.array([[left, top], [left + w, top + h]], dtype=np.float64)
+
+
 def _paste(mask: np.ndarray, shape: CvatShape, value: int, source: Path) -> None:
     left, top, w, h = (int(v) for v in shape.points)
-    corners = np.array([[left, top], [left + w, top + h]], dtype=np.float64)
-    check_bounds(corners, mask.shape[0], mask.shape[1], source, shape.what)
-    bits = shape.bits if shape.bits is not None else np.zeros((h, w), dtype=bool)
+    check_bounds(_box_corners(shape), mask.shape[0], mask.shape[1], source, shape.what)
+    bits = decode_mask_rle(shape.rle, w, h, source, shape.what)
     ys = slice(max(top, 0), min(top + h, mask.shape[0]))
     xs = slice(max(left, 0), min(left + w, mask.shape[1]))
     sub = bits[ys.start - top : ys.stop - top, xs.start - left : xs.stop - left]

@@ -21,7 +21,8 @@ Coordinates (``--coords``):
   they lie inside the image's pixel frame; both or neither is an error asking for ``--coords``
   (coordinates in a geographic CRS that fit the raster's footprint win: they cannot be a
   coincidence). The ``crs`` member alone never decides: solaris writes pixel coordinates under a
-  UTM ``crs`` member. A non-georeferenced image always means ``pixel``.
+  UTM ``crs`` member. A non-georeferenced image always means ``pixel``. In the pixel frame, a
+  vertex far outside the image is an error (as in every importer), never an empty mask.
 
 Classes: ``--label-property KEY``, else the first of ``class``, ``label``, ``classification``
 (QuPath: its ``name``), ``category``, ``class_name`` that any feature has; ``name`` is never used

@@ -65,7 +65,7 @@ _NOT_A_REGION = frozenset(
 )
 
 
-def decode_brush_rle(data: Sequence[int]) -> np.ndarray:
+def decode_brush_rle(data: Sequence[int], expected: int | None = None) -> np.ndarray:
     """Decode Label Studio's brush RLE into its flat array of words (RGBA bytes for a brush mask).
 
     The format is the ``rle-pack`` bitstream of thi-ng/umbrella (MSB first): a 32-bit value
@@ -74,8 +74,12 @@ def decode_brush_rle(data: Sequence[int]) -> np.ndarray:
     word repeated (flag 1) or that many literal words (flag 0). Written here because the only
     Python implementation ships in label-studio-sdk, which pulls in a whole API client.
 
+    ``expected``: the number of values the image needs; a stream declaring another count is
+    refused before anything is allocated for it.
+
     Raises:
-        ValueError: when the stream is truncated or its runs overshoot the count.
+        ValueError: when the stream is truncated, declares another count than ``expected`` or
+            its runs overshoot the count.
     """
     raw = np.asarray(data)
     if raw.ndim != 1 or not np.issubdtype(raw.dtype, np.integer):
@@ -96,6 +100,8 @@ def decode_brush_rle(data: Sequence[int]) -> np.ndarray:
         return words
 
     num = int(read(32)[0])
+    if expected is not None and num != expected:
+        raise ValueError(f"brush RLE declares {num} values, not the {expected} of the image")
     word_size = int(read(5)[0]) + 1
     run_sizes = [int(v) + 1 for v in read(4, 4)]
     out = np.zeros(num, dtype=np.uint8 if word_size <= 8 else np.uint32)
@@ -351,7 +357,7 @@ def _region_mask(region: Mapping[str, Any], height: int, width: int, source: Pat
         if v.get("format", "rle") != "rle":
             raise DataError(source, f"{what}: brush format {v.get('format')!r} is not 'rle'")
         try:
-            words = decode_brush_rle(v.get("rle") or [])
+            words = decode_brush_rle(v.get("rle") or [], height * width * 4)
         except ValueError as exc:
             raise DataError(source, f"{what}: {exc}") from None
         if words.size != height * width * 4:

@@ -10,7 +10,8 @@ Layouts (the first existing image and annotation folder names are used):
 
 Image and annotation names pair by suffix (``00000_img.jpg`` / ``00000_gt.png``): ``--img-suffix``
 and ``--seg-suffix``, else the suffix pair matching the most files. The canonical stem is the bare
-stem (``00000``). Annotations are index PNGs: a palette PNG gives its indices, never its colours.
+stem (``00000``; ``a.png`` beside ``a.png`` is ``a``, as split lists name it).
+Annotations are index PNGs: a palette PNG gives its indices, never its colours.
 ``--reduce-zero-label`` applies MMSeg's rule (0 -> 255 ignore, k -> k-1; 255 stays ignore).
 
 MMSeg annotations carry no class names: ``--classes`` gives them (every pixel id must be below
@@ -56,6 +57,14 @@ def _first_dir(src: Path, names: tuple[str, ...], what: str) -> Path:
     raise DataError(src, f"no {what} folder ({listed}): not an MMSegmentation dataset folder")
 
 
+def _without_extension(base: str) -> str:
+    """``a.png`` -> ``a`` when the paired name still ends with an image extension."""
+    from segflow.data import image_io
+
+    suffix = Path(base).suffix
+    return base[: -len(suffix)] if suffix and image_io.is_image_file(Path(base)) else base
+
+
 @IMPORTERS.register("mmseg")
 class MmsegImporter(MaskFileImporter):
     """MMSegmentation image + index-PNG annotation folders."""
@@ -97,7 +106,8 @@ class MmsegImporter(MaskFileImporter):
             )
         listed, list_warnings = read_split_lists(src / "splits")
         warnings += list_warnings
-        unknown = sorted(name for name in listed if name not in pairing.pairs)
+        known = {*pairing.pairs, *map(_without_extension, pairing.pairs)}
+        unknown = sorted(name for name in listed if name not in known)
         if unknown:
             warnings.append(
                 f"{src / 'splits'}: {len(unknown)} listed name(s) have no image: "
@@ -110,9 +120,10 @@ class MmsegImporter(MaskFileImporter):
             "index", len(names), origin, reduce_zero_label=options.reduce_zero_label
         )
         samples = []
-        for base, (img_key, ann_key) in pairing.pairs.items():
+        for key, (img_key, ann_key) in pairing.pairs.items():
+            base = _without_extension(key)  # a.png + a.png pair as "a.png": the stem is "a"
             folder_split, stem = split_and_stem(base)
-            split = folder_split or listed.get(base, "")
+            split = folder_split or listed.get(base, listed.get(key, ""))
             mask = anns[ann_key]
             samples.append(
                 SampleSpec(stem, mask, images[img_key], MaskPayload(mask, decoding), split=split)

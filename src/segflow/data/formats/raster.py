@@ -51,7 +51,7 @@ def as_points(raw: Any, source: Path | str, what: str) -> np.ndarray:
     """``[[x, y], ...]`` or a flat ``[x0, y0, x1, y1, ...]`` list as an ``N x 2`` float array."""
     try:
         arr = np.asarray(raw, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise DataError(source, f"{what} has malformed coordinates") from None
     if arr.ndim == 1:
         if arr.size % 2:
