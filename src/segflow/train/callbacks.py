@@ -75,11 +75,18 @@ class BestBundle(L.Callback):
             return True
         return value > self.best if self.mode == "max" else value < self.best
 
-    def _save(self, pl_module: L.LightningModule, metrics: dict[str, float]) -> None:
+    def _save(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, metrics: dict[str, float]
+    ) -> None:
         from segflow.models.bundle import save_bundle
+        from segflow.train.averaging import find_averaging
 
         task: SegmentationTask = pl_module  # type: ignore[assignment]
-        save_bundle(self.path, task.model, self.make_meta(metrics))
+        network = task.model
+        averaging = find_averaging(trainer)
+        if averaging is not None:  # the averaged weights were validated: they are the bundle
+            network = averaging.averaged_network() or network
+        save_bundle(self.path, network, self.make_meta(metrics))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Save the bundle when the monitored metric improved."""
@@ -94,7 +101,7 @@ class BestBundle(L.Callback):
         if self._better(value):
             self.best, self.best_epoch = value, trainer.current_epoch
             if trainer.is_global_zero:
-                self._save(pl_module, metrics)
+                self._save(trainer, pl_module, metrics)
                 log.info(
                     "epoch %d: %s = %.4f, saved %s",
                     trainer.current_epoch,
@@ -106,7 +113,7 @@ class BestBundle(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Without any validation, the bundle holds the final weights."""
         if trainer.is_global_zero and not (self.path / "bundle.yaml").is_file():
-            self._save(pl_module, _metrics(trainer))
+            self._save(trainer, pl_module, _metrics(trainer))
 
     def state_dict(self) -> dict[str, Any]:
         """Best score so far (restored on resume)."""

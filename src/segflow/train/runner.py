@@ -348,6 +348,7 @@ def _fit(
             tile_size=cfg.data.tile_size,
             inference=InferenceSettings(tile_size=cfg.data.tile_size),
             threshold=task.threshold,
+            weight_averaging=cfg.train.weight_averaging,
             metrics={
                 k: v for k, v in metrics.items() if not (isinstance(v, float) and np.isnan(v))
             },
@@ -377,6 +378,11 @@ def _fit(
                  cfg.tracking.images_every, sink),
         LearningRateMonitor(logging_interval="epoch"),
     ]  # fmt: skip
+    from segflow.train.averaging import weight_averaging_callback
+
+    averaging = weight_averaging_callback(t)
+    if averaging is not None:  # validated, checkpointed and saved as the bundle
+        callbacks.append(averaging)
     if t.early_stopping and stems["val"]:
         callbacks.append(
             EarlyStopping(monitor=t.monitor, mode=t.monitor_mode, patience=t.early_stopping)
