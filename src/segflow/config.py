@@ -47,11 +47,11 @@ class PreprocessConfig(_Section):
     )
     diffusion_kappa: float = Field(30.0, gt=0, description="diffusion edge threshold (0-255 scale)")
     diffusion_gamma: float = Field(0.1, gt=0, le=0.25, description="diffusion step size (<= 0.25)")
-    normalize: Literal["auto", "dataset", "imagenet", "none"] = Field(
+    normalize: Literal["auto", "dataset", "imagenet", "image", "none"] = Field(
         "auto",
         description="per-channel normalisation: 'dataset' mean/std from the training images, "
-        "'imagenet' statistics, 'none', or 'auto' (imagenet for 8-bit RGB with pretrained weights, "
-        "else dataset)",
+        "'imagenet' statistics, 'image' (each image by its own mean/std), 'none', or 'auto' "
+        "(imagenet for 8-bit RGB with pretrained weights, else dataset)",
     )
 
     @field_validator("roi")
