@@ -340,7 +340,8 @@ def standardise(x: np.ndarray) -> np.ndarray:
     flat = x.reshape(-1, x.shape[2]).astype(np.float64)
     mean, std = flat.mean(axis=0), flat.std(axis=0)
     std = np.where(std > 0, std, 1.0)
-    return ((x - mean.astype(np.float32)) / std.astype(np.float32)).astype(np.float32, copy=False)
+    out: np.ndarray = (x - mean.astype(np.float32)) / std.astype(np.float32)
+    return out.astype(np.float32, copy=False)
 
 
 def _range(x: np.ndarray, kind: str) -> float:
