@@ -14,8 +14,7 @@ exceeds the seed spread (``_seeds.compare``). The markdown table is printed and,
     python benchmarks/ablation.py --ablate all --seeds 3 --budget 5m [--datasets chase,dsb,sample]
         [--seed 0] [--work DIR] [--workers N] [--out FILE] [--tiny] [--set KEY=VALUE ...]
 
-Levers (``--ablate`` names, comma-separated, or ``all``): see :data:`LEVERS`. Not covered yet:
-per-image normalisation (segflow has dataset / ImageNet statistics, no per-image mode).
+Levers (``--ablate`` names, comma-separated, or ``all``): see :data:`LEVERS`.
 """
 
 from __future__ import annotations
@@ -132,7 +131,7 @@ LEVERS: dict[str, Lever] = {
     "deep_supervision": ("deep supervision (planned: off)", lambda s: [
         ("2 auxiliary heads", ["train.deep_supervision=2"])]),
     "normalisation": ("input normalisation", lambda s: [
-        (f"normalise {n}", [f"data.preprocess.normalize={n}"]) for n in ("dataset", "imagenet")
+        (f"normalise {n}", [f"data.preprocess.normalize={n}"]) for n in ("dataset", "image", "imagenet")
         if n != s["data.preprocess.normalize"]]),
     "contrast": ("contrast enhancement (CLAHE)", lambda s: [
         (f"CLAHE {'off' if s.get('data.preprocess.clahe') else 'on'}",

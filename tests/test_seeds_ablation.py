@@ -135,6 +135,8 @@ def test_every_lever_gives_valid_changed_settings(bench) -> None:
         "ce": 0.24, "dice": 0.56, "cldice": 0.2
     }  # fmt: skip
     assert load_config(overrides=by_label["decoder full width"]).model.kwargs == {}
+    assert by_label["normalise image"] == ["data.preprocess.normalize=image"]
+    assert "normalise dataset" not in by_label  # the planned value is no variant
 
 
 def _get(cfg: Any, dotted: str) -> Any:
