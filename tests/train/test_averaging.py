@@ -151,6 +151,7 @@ def test_swa_run_averages_the_last_steps_only(tmp_path: Path) -> None:
             "train.epochs=4",
             "train.weight_averaging=swa",
             "train.swa_start=0.5",
+            "train.deep_supervision=1",  # the averaged copy of the task keeps its hooks apart
         ],
     )
     assert isinstance(result, TrainResult)
@@ -160,3 +161,5 @@ def test_swa_run_averages_the_last_steps_only(tmp_path: Path) -> None:
     # every step from the one that completes half the run on (the first one included)
     assert updates == steps - math.ceil(steps * 0.5) + 1 and 0 < updates < steps
     assert read_bundle_meta(result.bundle).weight_averaging == "swa"
+    assert any(k.startswith("aux_heads.") for k in ckpt["state_dict"])  # averaged with the rest
+    assert not any("aux" in k for k in load_bundle(result.bundle).model.state_dict())
