@@ -18,7 +18,12 @@ import torch
 
 from segflow.data.splits import make_splits
 from segflow.models.bundle import load_bundle, read_bundle_meta
-from segflow.train.averaging import SegflowAveraging, ema_avg_fn, find_averaging
+from segflow.train.averaging import (
+    SegflowAveraging,
+    ema_multi_avg_fn,
+    find_averaging,
+    warmed_decay,
+)
 from segflow.train.runner import TrainResult, train
 from tests.fixtures.synthetic import make_dataset
 
@@ -37,12 +42,17 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def test_ema_decay_is_warmed_up_then_capped() -> None:
-    avg_fn = ema_avg_fn(0.9)
-    averaged, current = torch.tensor([1.0]), torch.tensor([3.0])
-    # after n updates the decay is min(0.9, (1 + n) / (10 + n))
+    avg_fn = ema_multi_avg_fn(0.9)
+    # after n updates the decay is min(0.9, (1 + n) / (10 + n)); integer buffers take the value
     for n, decay in ((1, 2 / 11), (5, 6 / 15), (80, 0.9), (1000, 0.9)):
-        out = avg_fn(averaged, current, torch.tensor(n))
-        assert out.item() == pytest.approx(decay * 1.0 + (1 - decay) * 3.0, rel=1e-6)
+        assert warmed_decay(0.9, n) == pytest.approx(decay)
+        floats = [torch.tensor([1.0]), torch.tensor([2.0, 4.0])]
+        avg_fn(floats, [torch.tensor([3.0]), torch.tensor([0.0, 4.0])], torch.tensor(n))
+        assert floats[0].item() == pytest.approx(decay * 1.0 + (1 - decay) * 3.0, rel=1e-6)
+        assert floats[1].tolist() == pytest.approx([decay * 2.0, 4.0], rel=1e-6)
+        counters = [torch.tensor(7)]
+        avg_fn(counters, [torch.tensor(9)], torch.tensor(n))
+        assert counters[0].item() == 9
 
 
 def test_swa_updates_only_in_the_last_part_of_the_run() -> None:
