@@ -8,7 +8,9 @@ prediction) unchanged, at training and at inference.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
 
@@ -62,6 +64,34 @@ def test_brightness_and_contrast_do_not_change_the_input() -> None:
     assert not np.allclose(a.array(), c.array(), atol=0.1)
 
 
+@pytest.mark.parametrize("stretch", [True, False])
+def test_overlays_show_standardised_images_stretched(tmp_path: Path, stretch: bool) -> None:
+    import torch
+
+    from segflow.data.dataset import ClassInfo
+    from segflow.train.callbacks import Overlays
+
+    grey = np.tile(np.linspace(0.0, 1.0, 64, dtype=np.float32), (32, 1))
+    image = standardise(np.repeat(grey[:, :, None], 3, axis=2))  # values about -1.7..1.7
+    classes = [
+        ClassInfo(id=0, name="bg", color=[0, 0, 0]),
+        ClassInfo(id=1, name="fg", color=[255, 0, 0]),
+    ]
+    sheets = Overlays(tmp_path, classes, [0.0] * 3, [1.0] * 3, every=1, stretch=stretch)
+    item = {
+        "image": torch.from_numpy(image.transpose(2, 0, 1).copy()),
+        "mask": torch.zeros(32, 64, dtype=torch.long),
+        "pred": torch.zeros(32, 64, dtype=torch.long),
+    }
+    trainer = SimpleNamespace(
+        current_epoch=0, max_epochs=1, sanity_checking=False, is_global_zero=True
+    )
+    sheets.on_validation_epoch_end(trainer, SimpleNamespace(captured=[item]))  # type: ignore[arg-type]
+    shown = cv2.imread(str(tmp_path / "images" / "epoch_000.jpg"), cv2.IMREAD_GRAYSCALE)[:32, :64]
+    error = np.abs(shown.astype(float) - grey * 255).mean()  # the ramp as it was
+    assert bool(error < 6) is stretch, error  # stretched: 0.6; clipped: 52
+
+
 @pytest.mark.slow
 def test_bundle_trained_per_image_predicts_the_same_on_a_brighter_image(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "ds", n=8, size=(48, 48), num_classes=2, seed=3)
@@ -77,6 +107,7 @@ def test_bundle_trained_per_image_predicts_the_same_on_a_brighter_image(tmp_path
     meta = read_bundle_meta(result.bundle)
     assert meta.preprocess["normalize"] == "image"
     assert meta.normalization.mean == [0.0] * 3 and meta.normalization.std == [1.0] * 3
+    assert list((result.run_dir / "images").glob("epoch_*.jpg"))  # overlay sheets drawn
     predictor = Predictor.from_bundles(result.bundle, backend="torch", device="cpu")
     raw = _image(1)
     brighter = (raw.astype(np.float64) * 2.0 + 10).astype(np.uint8)  # exact: 90..250

@@ -219,6 +219,8 @@ class Overlays(L.Callback):
         std: normalisation std.
         every: epochs between sheets.
         sink: optional artefact publisher.
+        stretch: show each image on its own min..max (images standardised per image, whose
+            values are not on the 0..1 scale).
     """
 
     def __init__(
@@ -229,7 +231,9 @@ class Overlays(L.Callback):
         std: list[float],
         every: int,
         sink: ArtifactSink | None = None,
+        stretch: bool = False,
     ) -> None:
+        self.stretch = stretch
         self.dir = run_dir / "images"
         self.classes = classes
         self.mean = np.asarray(mean, dtype=np.float32)
@@ -255,6 +259,8 @@ class Overlays(L.Callback):
         rows = []
         for item in captured:
             image = item["image"].numpy().transpose(1, 2, 0) * self.std + self.mean
+            if self.stretch:
+                image = (image - image.min()) / max(float(image.max() - image.min()), 1e-6)
             image = np.clip(image * 255.0, 0, 255).astype(np.uint8)
             if image.shape[2] not in (1, 3):
                 image = image[:, :, :3] if image.shape[2] > 3 else image[:, :, :1]

@@ -375,7 +375,7 @@ def _fit(
                    t.monitor_mode if stems["val"] else "min"),
         History(run_dir, sink),
         Overlays(run_dir, meta.classes, normalization.mean, normalization.std,
-                 cfg.tracking.images_every, sink),
+                 cfg.tracking.images_every, sink, cfg.data.preprocess.normalize == "image"),
         LearningRateMonitor(logging_interval="epoch"),
     ]  # fmt: skip
     from segflow.train.averaging import weight_averaging_callback
