@@ -35,13 +35,24 @@ plans and a ``results.json`` (incl. per-image Dice) are kept there.
 The machine may be shared with other jobs: the load average before each contender is printed;
 both contenders run under the same conditions only as far as that load is steady.
 
-    python benchmarks/quality.py [--datasets chase,dsb] [--budget 5m] [--seed 0] [--work DIR]
-        [--workers N] [--tiny] [--contenders segflow,baseline] [--set KEY=VALUE ...]
+    python benchmarks/quality.py [--datasets chase,dsb,sample] [--budget 5m] [--seed 0]
+        [--seeds N] [--work DIR] [--workers N] [--tiny] [--contenders segflow,baseline]
+        [--set KEY=VALUE ...]
+
+Seeds (issue 15): ``--seeds N`` trains every contender N times with training seeds ``S..S+N-1``
+(``--seed S``, default 0; the split is made once with seed S, so every run sees the same
+train/val/test images and the same budget) and reports, per dataset and contender, the mean ±
+sd (sample, ddof 1) and the minimum of the per-image test Dice over the seeds. A difference is
+called only when it exceeds the seed spread (``|mean_a - mean_b| > max(sd_a, sd_b)``, >= 2 seeds
+each; see ``_seeds.py``). ``benchmarks/ablation.py`` runs the planned default against one lever
+changed at a time on the same footing.
 
 ``--tiny`` is the smoke-test mode: at most 8 images per dataset, 64-px crops, a few seconds of
 budget, MLflow off, step times from segflow's table instead of measured.
 
 Goal (issue 6): segflow >= baseline (per-image mean test Dice) on both datasets.
+Goal (issue 15): over >= 3 seeds, CHASE_DB1 >= 0.765 and >= baseline + 0.05 with sd <= 0.01;
+DSB2018 >= baseline + 0.03.
 """
 
 from __future__ import annotations
@@ -53,6 +64,7 @@ import math
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -61,6 +73,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _seeds import by_group, check_seeds, seed_table
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +82,9 @@ SHARED = REPO.parent / "shared" / "datasets"
 DATASETS: dict[str, tuple[str, str | None]] = {
     "chase": ("chase_db1", r"Image_(\d+)"),
     "dsb": ("dsb2018_nuclei", None),
+    "sample": ("nuclei", None),  # segflow's bundled sample (src/segflow/sample_data/nuclei)
 }
+SAMPLE = REPO / "src" / "segflow" / "sample_data"
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 IGNORE = 255
@@ -373,7 +388,9 @@ def evaluate(
     return score(preds, gts), time.perf_counter() - start
 
 
-def _row(dataset: str, contender: str, scores: Scores, run: Run | None) -> dict[str, Any]:
+def _row(
+    dataset: str, contender: str, scores: Scores, run: Run | None, seed: int | None = None
+) -> dict[str, Any]:
     facts: dict[str, Any] = {
         "seconds": None,
         "epochs": None,
@@ -384,7 +401,7 @@ def _row(dataset: str, contender: str, scores: Scores, run: Run | None) -> dict[
     if run is not None:
         facts = {"seconds": run.seconds, "epochs": run.epochs, "steps": run.steps,
                  "load": run.load, "notes": run.notes}  # fmt: skip
-    return {"dataset": dataset, "contender": contender, **facts, **asdict(scores)}
+    return {"dataset": dataset, "contender": contender, "seed": seed, **facts, **asdict(scores)}
 
 
 def bench_dataset(name: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
@@ -400,13 +417,19 @@ def bench_dataset(name: str, args: argparse.Namespace, work: Path) -> list[dict[
     )
     rows: list[dict[str, Any]] = []
     for contender in args.contenders:
-        if contender == "segflow":
-            run = segflow_run(dataset, args.budget_s, work, args, name)
-        else:
-            run = baseline(dataset, splits, args.budget_s, args)
-        scores, predict_s = evaluate(run, dataset, test, gts)
-        print(f"[{name}] {contender}: {run.notes}; test predicted in {predict_s:.1f} s", flush=True)
-        rows.append(_row(name, contender, scores, run))
+        for seed in range(args.seed, args.seed + args.seeds):  # same split, same budget
+            run_args = argparse.Namespace(**{**vars(args), "seed": seed})
+            if contender == "segflow":
+                run = segflow_run(dataset, args.budget_s, work, run_args, f"{name}-s{seed}")
+            else:
+                run = baseline(dataset, splits, args.budget_s, run_args)
+            scores, predict_s = evaluate(run, dataset, test, gts)
+            print(
+                f"[{name}] {contender} seed {seed}: {run.notes}; test Dice/img "
+                f"{scores.dice_mean:.4f}, predicted in {predict_s:.1f} s",
+                flush=True,
+            )
+            rows.append(_row(name, contender, scores, run, seed))
     if name == "chase":
         second = src / "masks_2ndHO"
         if second.is_dir():
@@ -417,7 +440,7 @@ def bench_dataset(name: str, args: argparse.Namespace, work: Path) -> list[dict[
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
-        f"{'dataset':8s} {'contender':14s} {'train s':>8s} {'epochs':>6s} {'steps':>6s} "
+        f"{'dataset':8s} {'contender':14s} {'seed':>4s} {'train s':>8s} {'epochs':>6s} {'steps':>6s} "
         f"{'load':>5s} {'Dice/img':>9s} {'Dice pix':>9s} {'IoU/img':>8s} {'IoU pix':>8s}"
     )
     lines = [head, "-" * len(head)]
@@ -427,23 +450,34 @@ def table(rows: list[dict[str, Any]]) -> str:
 
     for r in rows:
         lines.append(
-            f"{r['dataset']:8s} {r['contender']:14s} {cell(r['seconds'], '.0f', 8)} "
+            f"{r['dataset']:8s} {r['contender']:14s} {cell(r.get('seed'), 'd', 4)} "
+            f"{cell(r['seconds'], '.0f', 8)} "
             f"{cell(r['epochs'], 'd', 6)} {cell(r['steps'], 'd', 6)} {cell(r['load'], '.1f', 5)} "
             f"{r['dice_mean']:9.4f} {r['dice_pooled']:9.4f} {r['iou_mean']:8.4f} "
             f"{r['iou_pooled']:8.4f}"
         )
+    means = by_group(rows, ("dataset", "contender"))
+    over = " (mean over seeds)" if any(m.n > 1 for m in means.values()) else ""
     for name in dict.fromkeys(r["dataset"] for r in rows):
-        by = {r["contender"]: r for r in rows if r["dataset"] == name}
-        if "segflow" not in by or "baseline" not in by:
+        if (name, "segflow") not in means or (name, "baseline") not in means:
             continue
-        ours, base = by["segflow"]["dice_mean"], by["baseline"]["dice_mean"]
+        ours, base = means[(name, "segflow")].mean, means[(name, "baseline")].mean
         ratio = ours / base if base else float("inf")
         verdict = "met" if ours >= base else "NOT met"
         lines.append(
-            f"{name}: segflow / baseline per-image mean Dice = {ours:.4f} / {base:.4f} = "
+            f"{name}: segflow / baseline per-image mean Dice{over} = {ours:.4f} / {base:.4f} = "
             f"{ratio:.3f}  (goal segflow >= baseline: {verdict})"
         )
     return "\n".join(lines)
+
+
+def _seeds_arg(text: str) -> int:
+    """``--seeds``: a whole number >= 1, else one line on stderr and exit status 2."""
+    try:
+        return check_seeds(int(text))
+    except ValueError:
+        print(f"error: --seeds must be a whole number >= 1, got {text!r}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -452,9 +486,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--datasets", default="chase,dsb", help="comma-separated: chase, dsb")
+    parser.add_argument(
+        "--datasets", default="chase,dsb", help="comma-separated: chase, dsb, sample"
+    )
     parser.add_argument("--budget", default=None, help="per contender and dataset (default 5m)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="split seed and first training seed")
+    parser.add_argument(
+        "--seeds", default="1", help="train every contender this many times (seeds S..S+N-1)"
+    )
     parser.add_argument("--work", type=Path, default=None, help="keep datasets and runs here")
     parser.add_argument(
         "--workers", type=int, default=None, help="loader workers, both (default: segflow's auto)"
@@ -472,7 +511,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     )
     parser.add_argument("--chase-src", type=Path, default=SHARED / "chase_db1")
     parser.add_argument("--dsb-src", type=Path, default=SHARED / "dsb2018_nuclei")
+    parser.add_argument("--sample-src", type=Path, default=SAMPLE / "nuclei")
     args = parser.parse_args(argv)
+    args.seeds = _seeds_arg(args.seeds)
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     unknown = [n for n in names if n not in DATASETS]
     if unknown:
@@ -505,6 +546,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         f"worker(s) each, seed {args.seed}; 'load' = 1-min load average at the contender's start"
     )
     print(table(rows))
+    print()
+    print(f"over {args.seeds} seed(s) each (same split and budget):")
+    print(seed_table(rows))
     print(f"total wall time {format_seconds(time.perf_counter() - started)}")
     if args.work is not None:
         (work / "results.json").write_text(json.dumps(rows, indent=2))

@@ -71,12 +71,15 @@ def test_quality_benchmark_runs_end_to_end(
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["quality_bench"] = module
+    sys.path.insert(0, str(BENCH.parent))  # as `python benchmarks/quality.py` does (for _seeds)
     try:
         spec.loader.exec_module(module)
         sources = ["--chase-src", str(chase), "--dsb-src", str(dsb)]
         rows = module.main(["--tiny", "--budget", "3s", "--work", str(tmp_path / "work"), *sources])
     finally:
+        sys.path.remove(str(BENCH.parent))
         sys.modules.pop("quality_bench", None)
+        sys.modules.pop("_seeds", None)
     out = capsys.readouterr().out
     assert "segflow / baseline per-image mean Dice" in out
     assert "machine:" in out and "torch" in out

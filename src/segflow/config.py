@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from segflow.errors import ConfigError
 
-LOSS_NAMES = ("ce", "bce", "dice", "focal", "lovasz", "tversky", "jaccard")
+LOSS_NAMES = ("ce", "bce", "dice", "focal", "lovasz", "tversky", "jaccard", "cldice")
 
 
 class _Section(BaseModel):
@@ -48,11 +48,11 @@ class PreprocessConfig(_Section):
     )
     diffusion_kappa: float = Field(30.0, gt=0, description="diffusion edge threshold (0-255 scale)")
     diffusion_gamma: float = Field(0.1, gt=0, le=0.25, description="diffusion step size (<= 0.25)")
-    normalize: Literal["auto", "dataset", "imagenet", "none"] = Field(
+    normalize: Literal["auto", "dataset", "imagenet", "image", "none"] = Field(
         "auto",
         description="per-channel normalisation: 'dataset' mean/std from the training images, "
-        "'imagenet' statistics, 'none', or 'auto' (imagenet for 8-bit RGB with pretrained weights, "
-        "else dataset)",
+        "'imagenet' statistics, 'image' (each image by its own mean/std), 'none', or 'auto' "
+        "(imagenet for 8-bit RGB with pretrained weights, else dataset)",
     )
 
     @field_validator("roi")
@@ -140,6 +140,12 @@ class LossConfig(_Section):
     tversky_alpha: float = Field(0.3, ge=0, le=1, description="Tversky weight of false positives")
     tversky_beta: float = Field(0.7, ge=0, le=1, description="Tversky weight of false negatives")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
+    cldice_iterations: int = Field(
+        5,
+        ge=1,
+        le=50,
+        description="clDice soft-skeleton iterations (at least the largest structure radius, px)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -277,6 +283,31 @@ class TrainConfig(_Section):
     )
     limit_val_batches: float | int = Field(
         1.0, description="share (float) or number (int) of validation batches"
+    )
+    weight_averaging: Literal["none", "ema", "swa"] = Field(
+        "none",
+        description="validate and save an average of the weights: 'ema' (exponential moving "
+        "average every step), 'swa' (equal average over the last part of the run) or 'none'",
+    )
+    ema_decay: float = Field(
+        0.999,
+        gt=0,
+        lt=1,
+        description="EMA decay per step (warmed up as min(decay, (1+n)/(10+n)) over the first n "
+        "updates, so short runs are not dominated by the initial weights)",
+    )
+    swa_start: float = Field(
+        0.75,
+        ge=0,
+        lt=1,
+        description="SWA: share of the run (steps or, with max_minutes, time) before averaging starts",
+    )
+    deep_supervision: int = Field(
+        0,
+        ge=0,
+        le=4,
+        description="Unet: auxiliary 1x1 heads on this many decoder stages before the last, "
+        "trained with halving loss weights (training only; the bundle has no extra heads)",
     )
 
     @field_validator("limit_train_batches", "limit_val_batches")

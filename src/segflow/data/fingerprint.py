@@ -37,6 +37,9 @@ WIDTH_MAX_PIXELS = 16_000_000
 WIDTH_WINDOW = 2048
 #: ``fingerprint_dataset`` scans at most this many images (spread evenly over the sorted stems).
 MAX_SCAN_IMAGES = 2000
+#: Colour statistics count only pixels whose grey value is above this (0-255): a fundus camera's
+#: black surround (or a slide's black border) would otherwise pass for contrast.
+COLOUR_FLOOR = 10.0
 
 
 @dataclass
@@ -58,6 +61,9 @@ class SampleStats:
     object_extents: dict[int, list[int]] = field(default_factory=dict)
     # class id -> histogram of structure widths on the medial ridge (WIDTH_BINS bins, 1..128 px)
     width_hist: dict[int, list[int]] = field(default_factory=dict)
+    # 8-bit images with >= 3 channels: (grey std / grey mean, mean pairwise channel correlation)
+    # over the pixels above COLOUR_FLOOR; None otherwise
+    colour: tuple[float, float] | None = None
 
 
 def image_channel_stats(
@@ -71,6 +77,30 @@ def image_channel_stats(
         flat.min(axis=0).tolist(),
         flat.max(axis=0).tolist(),
     )
+
+
+def colour_stats(image: np.ndarray) -> tuple[float, float] | None:
+    """Contrast and channel redundancy of an 8-bit colour image (None for other images).
+
+    Returns ``(cv, correlation)``: the coefficient of variation (std / mean) of the grey value
+    (mean of the first three channels) and the mean pairwise Pearson correlation of those
+    channels, both over the pixels brighter than :data:`COLOUR_FLOOR` (every 2nd row and column).
+    Grey stored as RGB has correlation 1; a low cv means a dim, flat image.
+    """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] < 3:
+        return None
+    rgb = image[::2, ::2, :3].reshape(-1, 3).astype(np.float64)
+    grey = rgb.mean(axis=1)
+    keep = grey > COLOUR_FLOOR
+    if keep.sum() < 16:
+        return None
+    rgb, grey = rgb[keep], grey[keep]
+    cv = float(grey.std() / max(grey.mean(), 1e-9))
+    std = rgb.std(axis=0)
+    if np.any(std < 1e-9):  # a constant channel carries no information: as redundant as a copy
+        return cv, 1.0
+    corr = np.corrcoef(rgb.T)
+    return cv, float(np.mean(corr[np.triu_indices(3, 1)]))
 
 
 def object_stats(
@@ -168,6 +198,7 @@ def sample_stats(
         stem, image.shape[0], image.shape[1], image.shape[2], str(image.dtype),
         sums, sqsums, mins, maxs,
     )  # fmt: skip
+    stats.colour = colour_stats(image)
     if mask is not None and mask.shape == image.shape[:2]:
         counts = np.bincount(mask.ravel(), minlength=256)
         stats.class_pixels = counts.tolist()
@@ -215,6 +246,16 @@ class Fingerprint(BaseModel):
     mean_pixels: float = Field(0.0, description="mean pixels per image (0: unknown)")
     scanned_images: int = Field(
         0, description="readable images the statistics come from (0: written by segflow check)"
+    )
+    colour_contrast: float | None = Field(
+        None,
+        description="8-bit colour images: median over images of the grey value's std / mean "
+        "(pixels above COLOUR_FLOOR); None for other images",
+    )
+    channel_correlation: float | None = Field(
+        None,
+        description="8-bit colour images: median over images of the mean pairwise correlation "
+        "of the R, G, B channels (1: grey stored as colour)",
     )
 
     @classmethod
@@ -288,7 +329,19 @@ class Fingerprint(BaseModel):
             ignore_pixels=int(total[meta.ignore_index]),
             empty_mask_share=empty / len(labelled) if labelled else 0.0,
             mean_pixels=float(np.mean([s.height * s.width for s in stats])),
+            **_colour_summary(stats),
         )
+
+
+def _colour_summary(stats: Sequence[SampleStats]) -> dict[str, float]:
+    """Medians of the per-image colour statistics (nothing when no image had them)."""
+    found = [s.colour for s in stats if s.colour is not None]
+    if not found:
+        return {}
+    return {
+        "colour_contrast": float(np.median([c[0] for c in found])),
+        "channel_correlation": float(np.median([c[1] for c in found])),
+    }
 
 
 def _histogram_median(hist: np.ndarray | None) -> float:

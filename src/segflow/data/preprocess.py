@@ -8,7 +8,9 @@
 3. resize (INTER_AREA when shrinking, INTER_LINEAR when enlarging);
 4. CLAHE (per channel; on the L channel of LAB for RGB);
 5. anisotropic (Perona-Malik) diffusion;
-6. scaling to float32 by ``1 / scale``.
+6. scaling to float32 by ``1 / scale``;
+7. with ``normalize: image`` only: each channel standardised by the image's own mean/std (the
+   :class:`Normalization` is then the identity).
 
 :meth:`Preprocessor.restore` undoes the geometry of steps 2-3 on predicted probabilities.
 
@@ -95,7 +97,7 @@ def resolve_normalization(
     mode = cfg.normalize
     if mode == "auto":
         mode = "imagenet" if pretrained and dtype == "uint8" and channels == 3 else "dataset"
-    if mode == "none":
+    if mode in ("none", "image"):  # 'image': Preprocessor.image standardises each image itself
         return Normalization(scale=scale, mean=[0.0] * channels, std=[1.0] * channels)
     if mode == "imagenet":
         if channels == 3:
@@ -213,6 +215,8 @@ class Preprocessor:
                 out, cfg.diffusion_iterations, kappa=kappa, gamma=cfg.diffusion_gamma
             )
         out *= np.float32(1.0 / self.normalization.scale)
+        if cfg.normalize == "image":
+            out = standardise(out)
         geom = Geometry(original=(h, w), roi=roi, processed=(out.shape[0], out.shape[1]))
         return out, geom
 
@@ -234,7 +238,8 @@ class Preprocessor:
         kind: Literal["uint8", "uint16"] | None = (
             "uint8" if raw.dtype == np.uint8 else "uint16" if raw.dtype == np.uint16 else None
         )
-        if kind is not None and not cfg.clahe and not cfg.diffusion_iterations:
+        per_pixel = not cfg.clahe and not cfg.diffusion_iterations and cfg.normalize != "image"
+        if kind is not None and per_pixel:
             x = self._convert_channels(raw)
             x0, y0, x1, y1 = self._roi(x, kind)
             if self._target(y1 - y0, x1 - x0) == (y1 - y0, x1 - x0):
@@ -328,6 +333,15 @@ class Preprocessor:
     def _target(self, h: int, w: int) -> tuple[int, int]:
         size = self.cfg.resize
         return (h, w) if size is None else (size[0], size[1])
+
+
+def standardise(x: np.ndarray) -> np.ndarray:
+    """``H x W x C`` float32 with each channel at mean 0, std 1 (a constant channel: only centred)."""
+    flat = x.reshape(-1, x.shape[2]).astype(np.float64)
+    mean, std = flat.mean(axis=0), flat.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    out: np.ndarray = (x - mean.astype(np.float32)) / std.astype(np.float32)
+    return out.astype(np.float32, copy=False)
 
 
 def _range(x: np.ndarray, kind: str) -> float:

@@ -144,6 +144,11 @@ class BundleMeta(_Strict):
     inference: InferenceSettings
     threshold: float = Field(0.5, ge=0, le=1, description="binary: foreground probability cut")
     postprocess: dict[str, Any] = Field(default_factory=dict, description="post-processing steps")
+    weight_averaging: Literal["none", "ema", "swa"] = Field(
+        "none",
+        description="the weights ARE this average of the training run (ema, swa) or the raw "
+        "weights (none); either way inference needs nothing else",
+    )
     metrics: dict[str, float] = Field(default_factory=dict, description="metrics at save time")
     config: dict[str, Any] = Field(default_factory=dict, description="resolved training config")
     dataset: dict[str, Any] = Field(default_factory=dict, description="name, fingerprint hash")

@@ -75,11 +75,18 @@ class BestBundle(L.Callback):
             return True
         return value > self.best if self.mode == "max" else value < self.best
 
-    def _save(self, pl_module: L.LightningModule, metrics: dict[str, float]) -> None:
+    def _save(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, metrics: dict[str, float]
+    ) -> None:
         from segflow.models.bundle import save_bundle
+        from segflow.train.averaging import find_averaging
 
         task: SegmentationTask = pl_module  # type: ignore[assignment]
-        save_bundle(self.path, task.model, self.make_meta(metrics))
+        network = task.model
+        averaging = find_averaging(trainer)
+        if averaging is not None:  # the averaged weights were validated: they are the bundle
+            network = averaging.averaged_network() or network
+        save_bundle(self.path, network, self.make_meta(metrics))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Save the bundle when the monitored metric improved."""
@@ -94,7 +101,7 @@ class BestBundle(L.Callback):
         if self._better(value):
             self.best, self.best_epoch = value, trainer.current_epoch
             if trainer.is_global_zero:
-                self._save(pl_module, metrics)
+                self._save(trainer, pl_module, metrics)
                 log.info(
                     "epoch %d: %s = %.4f, saved %s",
                     trainer.current_epoch,
@@ -106,7 +113,7 @@ class BestBundle(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Without any validation, the bundle holds the final weights."""
         if trainer.is_global_zero and not (self.path / "bundle.yaml").is_file():
-            self._save(pl_module, _metrics(trainer))
+            self._save(trainer, pl_module, _metrics(trainer))
 
     def state_dict(self) -> dict[str, Any]:
         """Best score so far (restored on resume)."""
@@ -212,6 +219,8 @@ class Overlays(L.Callback):
         std: normalisation std.
         every: epochs between sheets.
         sink: optional artefact publisher.
+        stretch: show each image on its own min..max (images standardised per image, whose
+            values are not on the 0..1 scale).
     """
 
     def __init__(
@@ -222,7 +231,9 @@ class Overlays(L.Callback):
         std: list[float],
         every: int,
         sink: ArtifactSink | None = None,
+        stretch: bool = False,
     ) -> None:
+        self.stretch = stretch
         self.dir = run_dir / "images"
         self.classes = classes
         self.mean = np.asarray(mean, dtype=np.float32)
@@ -248,6 +259,8 @@ class Overlays(L.Callback):
         rows = []
         for item in captured:
             image = item["image"].numpy().transpose(1, 2, 0) * self.std + self.mean
+            if self.stretch:
+                image = (image - image.min()) / max(float(image.max() - image.min()), 1e-6)
             image = np.clip(image * 255.0, 0, 255).astype(np.uint8)
             if image.shape[2] not in (1, 3):
                 image = image[:, :, :3] if image.shape[2] > 3 else image[:, :, :1]

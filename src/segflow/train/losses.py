@@ -18,6 +18,7 @@ How class weights apply:
 - ``dice``, ``jaccard``, ``tversky``: multiclass: SMP's weighted mean of the per-class losses;
   binary: unused (there is one term, the foreground's).
 - ``lovasz``: unused (SMP's Lovász-softmax averages the classes present in the batch).
+- ``cldice``: unused (the mean of the foreground classes' clDice).
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ from segflow.registry import Registry
 __all__ = [
     "LOSSES",
     "MAX_WEIGHT_RATIO",
+    "ClDiceLoss",
     "CombinedLoss",
     "LossBuilder",
     "Task",
     "auto_class_weights",
     "build_loss",
+    "soft_skeleton",
 ]
 
 Task = Literal["binary", "multiclass"]
@@ -235,6 +238,78 @@ class LovaszLoss(nn.Module):
         return loss
 
 
+def soft_skeleton(x: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Soft morphological skeleton of probabilities ``x`` ``(N, C, H, W)`` in ``[0, 1]``.
+
+    Shit et al., "clDice - a Novel Topology-Preserving Loss Function for Tubular Structure
+    Segmentation", CVPR 2021, section 3.2: erosion is a min-pool, dilation a max-pool, an opening
+    is a dilation of an erosion; the skeleton collects, over ``iterations`` erosions, what each
+    opening removes (``relu(x - open(x))``), the soft counterpart of Lantuejoul's formula.
+    """
+
+    def erode(t: torch.Tensor) -> torch.Tensor:  # cross-shaped min-pool (4-neighbourhood)
+        pool = nn.functional.max_pool2d
+        across = -pool(-t, (3, 1), stride=1, padding=(1, 0))
+        along = -pool(-t, (1, 3), stride=1, padding=(0, 1))
+        return torch.minimum(across, along)
+
+    def dilate(t: torch.Tensor) -> torch.Tensor:
+        return nn.functional.max_pool2d(t, 3, stride=1, padding=1)
+
+    skeleton = torch.relu(x - dilate(erode(x)))
+    for _ in range(iterations):
+        x = erode(x)
+        delta = torch.relu(x - dilate(erode(x)))
+        skeleton = skeleton + torch.relu(delta - skeleton * delta)
+    return skeleton
+
+
+class ClDiceLoss(nn.Module):
+    """Soft clDice: ``1 - 2 Tprec Tsens / (Tprec + Tsens)`` over the foreground class(es).
+
+    ``Tprec`` is the share of the predicted soft skeleton inside the true mask, ``Tsens`` the
+    share of the true skeleton inside the prediction (Shit et al., CVPR 2021, eq. 1-3). Written
+    from the paper's description. Binary: sigmoid of the one logit; multiclass: softmax, the mean
+    over classes 1..C-1 (class 0 is background). Ignored pixels are zeroed in both the
+    prediction and the truth before the skeletons are taken. A fully ignored batch gives 0.
+
+    Args:
+        task: ``binary`` or ``multiclass``.
+        ignore_index: target value excluded from the loss.
+        iterations: soft-skeleton iterations (at least the largest structure radius in pixels).
+        smooth: added to the sums so that empty skeletons give finite ratios.
+    """
+
+    def __init__(self, task: Task, ignore_index: int, iterations: int, smooth: float = 1.0) -> None:
+        super().__init__()
+        self.task = task
+        self.ignore_index = ignore_index
+        self.iterations = iterations
+        self.smooth = smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Scalar loss of ``(N, 1 or C, H, W)`` logits against an ``(N, H, W)`` target."""
+        valid, safe = _valid_and_safe(target, self.ignore_index)
+        if self.task == "binary":
+            prob = torch.sigmoid(logits)
+            truth = safe.unsqueeze(1).to(prob.dtype)
+        else:
+            prob = logits.softmax(dim=1)[:, 1:]
+            hot = nn.functional.one_hot(safe, logits.shape[1]).permute(0, 3, 1, 2)
+            truth = hot[:, 1:].to(prob.dtype)
+        # Ignored pixels count as background before skeletonising: their logits then change
+        # nothing (not even the skeleton of their labelled neighbours) and get no gradient.
+        keep = valid.unsqueeze(1).to(prob.dtype)
+        prob, truth = prob * keep, truth * keep
+        skel_pred = soft_skeleton(prob, self.iterations) * keep
+        skel_true = soft_skeleton(truth, self.iterations) * keep
+        dims = (0, 2, 3)
+        tprec = ((skel_pred * truth).sum(dims) + self.smooth) / (skel_pred.sum(dims) + self.smooth)
+        tsens = ((skel_true * prob).sum(dims) + self.smooth) / (skel_true.sum(dims) + self.smooth)
+        cl_dice = 2.0 * tprec * tsens / (tprec + tsens)
+        return (1.0 - cl_dice).mean()
+
+
 # ------------------------------------------------------------------------------------------------
 # Builders: LossBuilder's signature, (task, num_classes, ignore_index, class_weights, cfg)
 
@@ -263,6 +338,12 @@ def _focal(task: Task, n: int, ignore: int, w: torch.Tensor | None, cfg: LossCon
 def _lovasz(task: Task, n: int, ignore: int, w: torch.Tensor | None, cfg: LossConfig) -> nn.Module:
     """Lovász hinge / softmax (class weights unused)."""
     return LovaszLoss(task, ignore)
+
+
+@LOSSES.register("cldice")
+def _cldice(task: Task, n: int, ignore: int, w: torch.Tensor | None, cfg: LossConfig) -> nn.Module:
+    """Soft clDice for thin tubular structures (class weights unused)."""
+    return ClDiceLoss(task, ignore, cfg.cldice_iterations)
 
 
 # SMP's Dice, Jaccard and Tversky fit our contract as they are (read in SMP 0.6.0 source): both

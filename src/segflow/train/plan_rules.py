@@ -18,6 +18,7 @@ from typing import Any
 
 from segflow.config import SegflowConfig, describe
 from segflow.data.fingerprint import Fingerprint
+from segflow.train.plan_contrast import choose_contrast
 from segflow.train.plan_cost import (
     BUDGET_FILL,
     SLIM_DECODER,
@@ -533,6 +534,7 @@ RULES: dict[str, Rule] = {
     "model": choose_model,
     "weights": choose_encoder_weights,
     "normalize": choose_normalization,
+    "contrast": choose_contrast,
     "tile": choose_tile_size,
     "inference": choose_inference,
     "batch": choose_batch_size,

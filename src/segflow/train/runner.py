@@ -390,6 +390,7 @@ def _fit(
             tile_size=cfg.data.tile_size,
             inference=InferenceSettings(tile_size=cfg.data.tile_size),
             threshold=task.threshold,
+            weight_averaging=cfg.train.weight_averaging,
             metrics={
                 k: v for k, v in metrics.items() if not (isinstance(v, float) and np.isnan(v))
             },
@@ -416,9 +417,14 @@ def _fit(
                    t.monitor_mode if stems["val"] else "min"),
         History(run_dir, sink),
         Overlays(run_dir, meta.classes, normalization.mean, normalization.std,
-                 cfg.tracking.images_every, sink),
+                 cfg.tracking.images_every, sink, cfg.data.preprocess.normalize == "image"),
         LearningRateMonitor(logging_interval="epoch"),
     ]  # fmt: skip
+    from segflow.train.averaging import weight_averaging_callback
+
+    averaging = weight_averaging_callback(t)
+    if averaging is not None:  # validated, checkpointed and saved as the bundle
+        callbacks.append(averaging)
     if t.early_stopping and stems["val"]:
         callbacks.append(
             EarlyStopping(monitor=t.monitor, mode=t.monitor_mode, patience=t.early_stopping)

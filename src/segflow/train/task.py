@@ -56,6 +56,7 @@ class SegmentationTask(L.LightningModule):
         self.threshold = 0.5
         self.init_messages: list[str] = []
         self.configure_models(in_channels, pretrained)
+        self.configure_deep_supervision()
         self.configure_losses(class_weights)
         self.configure_metrics()
         self.captured: list[dict[str, Any]] = []  # a few validation predictions for the callbacks
@@ -81,6 +82,59 @@ class SegmentationTask(L.LightningModule):
             self.init_messages = init_from_bundle(
                 self.model, m.init_from, classes=self.out_channels
             )
+
+    def configure_deep_supervision(self) -> None:
+        """Auxiliary 1x1 heads on the last Unet decoder stages before the final one (training only).
+
+        Forward hooks collect those stages' outputs in training mode; each head's logits are
+        upsampled to the mask and scored by the same loss, with weights halving per stage away
+        from the output (nnU-Net's scheme), normalised with the main term's 1. The heads live in
+        the task, not in ``self.model``: the bundle and every export hold the plain network.
+        """
+        from segflow.errors import ConfigError
+
+        n = self.cfg.train.deep_supervision
+        self.aux_heads = torch.nn.ModuleList()
+        self._aux_outputs: list[torch.Tensor] = []
+        if not n:
+            return
+        blocks = getattr(getattr(self.model, "decoder", None), "blocks", None)
+        if type(self.model).__name__ != "Unet" or not isinstance(blocks, torch.nn.ModuleList):
+            raise ConfigError(
+                f"train.deep_supervision={n} needs model.arch Unet (decoder stages with skip "
+                f"connections), got {self.cfg.model.arch}; set train.deep_supervision=0"
+            )
+        if n >= len(blocks):
+            raise ConfigError(
+                f"train.deep_supervision={n}: this Unet decoder has {len(blocks)} stages, so at "
+                f"most {len(blocks) - 1} can have auxiliary heads"
+            )
+        for block in list(blocks)[-1 - n : -1]:  # in forward order: coarsest first
+            second = getattr(block, "conv2", block)
+            conv = next(m for m in second.modules() if isinstance(m, torch.nn.Conv2d))
+            self.aux_heads.append(torch.nn.Conv2d(conv.out_channels, self.out_channels, 1))
+            block.register_forward_hook(self._tap_decoder_stage)
+
+    def _tap_decoder_stage(self, module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
+        if module.training:
+            self._aux_outputs.append(output)
+
+    def _deep_supervision(self, main: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``(main + sum_k 0.5^k aux_k) / (1 + sum_k 0.5^k)``, k = 1 for the finest aux stage."""
+        outputs, self._aux_outputs = self._aux_outputs, []
+        if len(outputs) != len(self.aux_heads):
+            raise RuntimeError(
+                f"deep supervision: {len(outputs)} decoder outputs for {len(self.aux_heads)} heads"
+            )
+        total, norm = main, 1.0
+        pairs = list(zip(self.aux_heads, outputs, strict=True))[::-1]  # finest first
+        for k, (head, features) in enumerate(pairs, start=1):
+            logits = torch.nn.functional.interpolate(
+                head(features), size=target.shape[-2:], mode="bilinear", align_corners=False
+            )
+            aux, _ = self.criterion(logits, target)
+            total, norm = total + 0.5**k * aux, norm + 0.5**k
+        return total / norm
 
     def configure_losses(self, class_weights: list[float] | None) -> None:
         """The weighted sum of losses from ``config.loss``."""
@@ -150,9 +204,12 @@ class SegmentationTask(L.LightningModule):
     # -- steps ---------------------------------------------------------------------------------
     def _shared_step(self, batch: dict[str, Any], stage: Stage) -> torch.Tensor:
         x, y = batch["image"], batch["mask"]
+        self._aux_outputs = []
         logits = self(x) if stage == "train" else self._logits(x)
         loss: torch.Tensor
         loss, parts = self.criterion(logits, y)
+        if stage == "train" and len(self.aux_heads):
+            loss = self._deep_supervision(loss, y)
         on_step = stage == "train"
         n = x.shape[0]
         self.log(
