@@ -39,8 +39,11 @@ def snapshot(*roots: Path) -> dict[str, str]:
 
 
 def error_line(stderr: str) -> str:
-    """The one line of stderr, which must be an ``error:`` line (anything else fails)."""
-    lines = [line for line in stderr.splitlines() if line.strip()]
+    """The one ``error:`` line of stderr; ``info:`` lines said before it are allowed.
+
+    (predict/eval say which backend they chose before reading the first image.)
+    """
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("info: ")]
     assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{stderr}"
     assert lines[0].startswith("error: "), lines[0]
     return lines[0]

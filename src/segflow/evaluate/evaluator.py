@@ -353,6 +353,8 @@ def evaluate(
     roi_dir = Path(roi) if roi is not None else None
     rois = _roi_files(roi_dir, samples) if roi_dir is not None else {}
     out_dir = Path(out) if out is not None else default_out(bundles, label)
+    if out_dir.exists() and not out_dir.is_dir():  # before the backend is chosen (measured)
+        raise UsageError(f"{out_dir}: already exists and is a file; --out must be a folder")
     if predictor is None:
         from segflow.infer.predictor import Predictor
 
