@@ -276,6 +276,12 @@ class TrainConfig(_Section):
         1.0, description="share (float) or number (int) of validation batches"
     )
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_number(cls, value: Any) -> Any:
+        """``precision: 32`` in YAML (or ``--set train.precision=32``) is the number 32."""
+        return "32" if value == 32 and not isinstance(value, bool) else value
+
 
 class TrackingConfig(_Section):
     """Experiment tracking with MLflow."""

@@ -265,3 +265,16 @@ def test_pad_collate_batches_different_sizes(tmp_path):
     assert torch.all(batch["image"][0, :, :, 40:] == 0)
     other = partial(pad_collate, ignore_index=7)([ds[0], ds[1]])
     assert int(other["mask"][0, -1, -1]) == 7
+
+
+def test_mask_values_outside_the_classes_are_a_data_error(tmp_path: Path) -> None:
+    image = np.full((40, 40, 3), 90, np.uint8)
+    bad = np.zeros((40, 40), np.uint8)
+    bad[5:9, 5:9] = 3  # a 2-class dataset: 3 is neither a class nor the ignore index
+    ok = np.zeros((40, 40), np.uint8)
+    ok[:, :4] = IGNORE
+    ds = CanonicalDataset(write_dataset(tmp_path / "d", {"a": (image, bad), "b": (image, ok)}, 2))
+    for dataset in (EvalDataset(ds, ["a"], preprocessor()), train_ds(ds, stems=["a"])):
+        with pytest.raises(DataError, match=r"a\.png.*mask values \[3\] are not class ids 0\.\.1"):
+            dataset[0]
+    assert EvalDataset(ds, ["b"], preprocessor())[0]["mask"].max() == IGNORE

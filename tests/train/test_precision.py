@@ -11,6 +11,7 @@ import pytest
 
 from segflow import _hw
 from segflow.data.splits import make_splits
+from segflow.errors import ConfigError
 from segflow.train import plan_cost as C
 from segflow.train import plan_rules as R
 from segflow.train import planner as P
@@ -258,3 +259,14 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
     with path.open() as fh:
         return list(csv.DictReader(fh))
+
+
+def test_precision_32_may_be_written_as_a_number(tmp_path: Path) -> None:
+    from segflow.config import load_config
+
+    assert load_config(None, ["train.precision=32"]).train.precision == "32"
+    config = tmp_path / "c.yaml"
+    config.write_text("train: {precision: 32}\n")
+    assert load_config(config).train.precision == "32"
+    with pytest.raises(ConfigError, match=r"train\.precision"):
+        load_config(None, ["train.precision=16"])

@@ -49,8 +49,22 @@ def _load(
             f"mask is {mask.shape[1]}x{mask.shape[0]} but image {sample.image.name} is "
             f"{image.shape[1]}x{image.shape[0]}",
         )
+    _check_classes(sample, mask, dataset.meta.num_classes, dataset.meta.ignore_index)
     x, geom = preprocessor.image(image)
     return x, preprocessor.mask(mask, geom), geom
+
+
+def _check_classes(sample: Sample, mask: np.ndarray, num_classes: int, ignore_index: int) -> None:
+    """Mask values must be class ids or ``ignore_index`` (losses and metrics trust them)."""
+    if int(mask.max(initial=0)) < num_classes:
+        return
+    values = np.unique(mask[(mask >= num_classes) & (mask != ignore_index)])
+    if values.size:
+        raise DataError(
+            sample.mask or sample.image,
+            f"mask values {values[:10].tolist()} are not class ids 0..{num_classes - 1} or the "
+            f"ignore index {ignore_index} (run `segflow check` on the dataset)",
+        )
 
 
 def _rank() -> int:

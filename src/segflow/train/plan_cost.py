@@ -283,11 +283,13 @@ class MeasuredTimer:
     load of 4 on 2 cores), and such a moment must not shrink the whole plan. On a GPU the real
     batch is timed. :meth:`compare_precision` alternates fp32 and the other precision step by
     step on one network, so that load from other processes slows both alike; it reports the
-    raw times (the decision is their ratio) and caches the kept ones for the plan.
+    raw times (the decision is their ratio) and caches the kept ones for the plan. Timing
+    stops after the first timed step once a measurement has taken ``max_seconds``.
     """
 
     device: DeviceInfo
     source: str = "measured here"
+    max_seconds: float = 12.0
     _cache: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
     def _model(self, model: Mapping[str, Any], channels: int, classes: int) -> Any:
@@ -330,7 +332,11 @@ class MeasuredTimer:
         x = torch.randn(timed_batch, channels, tile, tile, device=dev)
         times: dict[str, list[float]] = {p: [] for p in precisions}
         finite = dict.fromkeys(precisions, True)
-        for i in range(8 if cuda else 5):  # warm-up: 3 steps on a GPU, 1 on a CPU
+        warmup = 3 if cuda else 1
+        began = time.perf_counter()
+        for i in range(8 if cuda else 5):
+            if i > warmup and time.perf_counter() - began > self.max_seconds:
+                break  # a busy machine: the fastest of the steps so far counts
             for precision in precisions:
                 dtype = autocast_dtype(self.device.kind, precision)
                 start = time.perf_counter()
@@ -341,7 +347,7 @@ class MeasuredTimer:
                 opt.step()
                 if cuda:
                     torch.cuda.synchronize()
-                if i >= (3 if cuda else 1):
+                if i >= warmup:
                     times[precision].append(time.perf_counter() - start)
                 finite[precision] = finite[precision] and bool(torch.isfinite(loss))
         return {p: min(t) * batch / timed_batch for p, t in times.items()}, finite
