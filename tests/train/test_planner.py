@@ -243,7 +243,7 @@ def test_planned_epochs_fit_the_budget(budget: float, step: float) -> None:
     plan = _plan(ctx)
     s = plan.settings
     steps = R.steps_per_epoch(ctx, s)
-    val = 8 * 960 * 1000 * 1e-7 * R.SAFETY["cpu"]
+    val = 8 * 960 * 1000 * (1e-7 + R.VALIDATION_EXTRA["cpu"]) * R.SAFETY["cpu"]
     validations = s["train.epochs"] // s["train.val_every"]
     planned = s["train.epochs"] * steps * step * R.SAFETY["cpu"] + validations * val
     assert planned <= budget - R.SETUP_SECONDS["cpu"] + 1e-6 or s["train.epochs"] == 1

@@ -181,7 +181,9 @@ class TrainDataset:
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
         """Image ``index`` preprocessed and stretched to 0..1, its mask and ``(lo, span)``.
 
-        Cached per process, so augmentation never re-reads or re-stretches an image.
+        Cached per process, so augmentation never re-reads or re-stretches an image; the
+        arrays are read-only (the crop copies its tile, and the foreground crop keeps the
+        foreground of a read-only mask instead of searching it again).
         """
         sample = self.samples[index]
         hit = self._cache.get(sample.stem)
@@ -190,6 +192,8 @@ class TrainDataset:
             return stretched, mask, value_range
         image, mask, _ = _load(self.dataset, sample, self.preprocessor)
         stretched, lo, span = stretch(image)
+        for array in (stretched, mask):  # shared by every crop: nothing may write into it
+            array.setflags(write=False)
         self._cache.put(sample.stem, (stretched, mask, (lo, span)), image.nbytes + mask.nbytes)
         return stretched, mask, (lo, span)
 

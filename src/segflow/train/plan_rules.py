@@ -51,6 +51,9 @@ MIN_BATCH = 2
 SAFETY = {"cpu": 1.0, "cuda": 1.25}
 #: Seconds a run spends outside the training loop: start-up, statistics, MLflow, final saves.
 SETUP_SECONDS = {"cpu": 30.0, "cuda": 45.0}
+#: Validation's cost per pixel besides the forward pass (loss terms, labels, confusion matrix),
+#: seconds: measured on the 2-core CPU on a 1024 x 960 CHASE_DB1 image (0.23 s + 0.18 s).
+VALIDATION_EXTRA = {"cpu": 0.4e-6, "cuda": 0.0}
 #: Validation may take at most this share of an epoch's time (else it runs every few epochs).
 VALIDATION_SHARE = 0.15
 #: bf16-mixed is planned on a CPU only when a measured step is at least this many times faster
@@ -438,7 +441,7 @@ def choose_epochs(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
     steps = steps_per_epoch(ctx, chosen)
     val_px = ctx.val_images * (fp.mean_pixels or median_pixels(fp))
     val_s = val_px * ctx.timer.infer_pixel(model, channels, classes, precision=precision)
-    val_s *= SAFETY[dev.kind]
+    val_s = (val_s + val_px * VALIDATION_EXTRA[dev.kind]) * SAFETY[dev.kind]
     setup_s = SETUP_SECONDS[dev.kind] + 0.05 * ctx.train_images * median_pixels(fp) / 1e6
     fit_s = max(ctx.budget_s - setup_s, 0.5 * ctx.budget_s)
     usable = BUDGET_FILL * fit_s
@@ -450,10 +453,7 @@ def choose_epochs(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
         every = max(d for d in range(1, min(every, epochs) + 1) if epochs % d == 0)
         fits = f"{epochs} epoch(s) set by you"
     else:
-        epochs = max(1, int(usable / (steps * step_s + 1.0 + val_s / every)))
-        if every > 1:
-            every = min(every, epochs)
-            epochs = max(every, epochs // every * every)  # the last epoch is validated
+        epochs, every = _validated_epochs(usable, steps * step_s + 1.0, val_s, every)
         fits = f"{epochs} epochs of {steps} steps fit"
         if epochs < 10:  # resize the epoch so that the epochs fill the budget
             epochs = max(1, round(usable / (steps * step_s + 1.0 + val_s)))
@@ -482,6 +482,22 @@ def choose_epochs(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
         },
         reason,
     )
+
+
+def _validated_epochs(usable: float, epoch_s: float, val_s: float, every: int) -> tuple[int, int]:
+    """The most epochs that fit, a multiple of the validation interval (the last is validated).
+
+    Rounding down to a multiple of ``every`` can waste up to ``every - 1`` epochs, so intervals
+    from ``every`` down to half of it are tried (validating a little more often).
+    """
+    best = (0, every)
+    for interval in range(every, max(1, every // 2) - 1, -1):
+        epochs = max(1, int(usable / (epoch_s + val_s / interval)))
+        interval = min(interval, epochs)
+        epochs = max(interval, epochs // interval * interval)
+        if epochs > best[0]:
+            best = (epochs, interval)
+    return best
 
 
 def _precision_name(precision: str, device: DeviceInfo) -> str:
@@ -528,14 +544,48 @@ def choose_augment(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
     return Decision({"augment.preset": preset}, f"{why}: {preset} augmentation")
 
 
-def choose_hardware(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
-    """The accelerator and precision: on a CPU, bf16-mixed only when measured clearly faster.
+def cpu_precision(
+    timer: StepTimer, model: Mapping[str, Any], tile: int, batch: int, channels: int, classes: int
+) -> tuple[str, str]:
+    """``train.precision`` for a CPU and why: bf16-mixed only when measured clearly faster.
 
-    A CPU with native bf16 (:func:`segflow._hw.cpu_supports_bf16`) gets one training step of the
-    chosen model, tile and batch timed in fp32 and in bf16-mixed; bf16-mixed is planned when it
-    is at least :data:`BF16_MIN_SPEEDUP` times faster and its loss stayed finite. Without the
-    flags, without a measurement (``timing=table``) or with ``train.precision`` set by the user,
-    nothing is timed.
+    A CPU with native bf16 (:func:`segflow._hw.cpu_supports_bf16`) gets one training step of
+    ``model`` on ``batch`` x ``tile`` px timed in fp32 and in bf16-mixed; bf16-mixed is chosen
+    when it is at least :data:`BF16_MIN_SPEEDUP` times faster and its loss stayed finite. Without
+    the flags, or with a timer that does not measure (``timing=table``), nothing is timed: fp32.
+    """
+    from segflow._hw import cpu_supports_bf16
+
+    if not cpu_supports_bf16():
+        return "32", (
+            "fp32; this CPU has no native bf16 (no AMX or AVX-512 BF16 flag), so bf16 would be "
+            "emulated and slower"
+        )
+    timing = timer.compare_precision(model, tile, batch, channels, classes, "bf16-mixed")
+    if timing is None:
+        return "32", (
+            f"it computes bf16 natively, but with {timer.source} step times nothing was "
+            "measured: fp32 until measured (plan with timing=measure to time bf16-mixed)"
+        )
+    measured = (
+        f"it computes bf16 natively: a step of {batch} x {tile}-px tiles measured "
+        f"{timing.fp32_s:.2f} s in fp32 and {timing.other_s:.2f} s in bf16-mixed "
+        f"({timing.speedup:.2f}x)"
+    )
+    if not timing.finite:
+        return "32", f"{measured}, but the bf16-mixed loss was not finite: fp32"
+    if timing.speedup < BF16_MIN_SPEEDUP:
+        return "32", f"{measured}, less than {BF16_MIN_SPEEDUP:g}x faster: fp32"
+    return "bf16-mixed", (
+        f"{measured}, >= {BF16_MIN_SPEEDUP:g}x: bf16-mixed (weights, checkpoints and the bundle "
+        "stay fp32)"
+    )
+
+
+def choose_hardware(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
+    """The accelerator and precision; on a CPU by measurement (:func:`cpu_precision`).
+
+    On a GPU: mixed precision (``auto``). ``train.precision`` set by the user is not timed.
     """
     dev = ctx.device
     if dev.kind == "cuda":
@@ -543,44 +593,18 @@ def choose_hardware(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
             {"train.accelerator": "gpu", "train.precision": "auto"},
             f"{dev.name}: mixed precision (bf16 where supported) roughly doubles speed",
         )
-    cpu = {"train.accelerator": "cpu"}
     if "train.precision" in ctx.fixed:
-        return Decision({**cpu, "train.precision": ctx.fixed["train.precision"]}, "not timed")
-    from segflow._hw import cpu_supports_bf16
-
-    if not cpu_supports_bf16():
         return Decision(
-            {**cpu, "train.precision": "32"},
-            f"{dev.name}: fp32; this CPU has no native bf16 (no AMX or AVX-512 BF16 flag), so "
-            "bf16 would be emulated and slower",
+            {"train.accelerator": "cpu", "train.precision": ctx.fixed["train.precision"]},
+            "not timed",
         )
     model = {k: _get(chosen, k) for k in ("model.arch", "model.encoder", "model.kwargs")}
     tile, batch = int(_get(chosen, "data.tile_size")), int(_get(chosen, "data.batch_size"))
     fp = ctx.fingerprint
-    timing = ctx.timer.compare_precision(
-        model, tile, batch, channels_of(fp), len(fp.classes), "bf16-mixed"
+    precision, why = cpu_precision(ctx.timer, model, tile, batch, channels_of(fp), len(fp.classes))
+    return Decision(
+        {"train.accelerator": "cpu", "train.precision": precision}, f"{dev.name}: {why}"
     )
-    if timing is None:
-        return Decision(
-            {**cpu, "train.precision": "32"},
-            f"{dev.name} computes bf16 natively, but with {ctx.timer.source} step times nothing "
-            "was measured: fp32 until measured (plan with timing=measure to time bf16-mixed)",
-        )
-    measured = (
-        f"a step of {batch} x {tile}-px tiles measured {timing.fp32_s:.2f} s in fp32 and "
-        f"{timing.other_s:.2f} s in bf16-mixed ({timing.speedup:.2f}x)"
-    )
-    if not timing.finite:
-        why = f"{measured}, but the bf16-mixed loss was not finite: fp32"
-    elif timing.speedup >= BF16_MIN_SPEEDUP:
-        return Decision(
-            {**cpu, "train.precision": "bf16-mixed"},
-            f"{dev.name} computes bf16 natively: {measured}, >= {BF16_MIN_SPEEDUP:g}x: "
-            "bf16-mixed (weights, checkpoints and the bundle stay fp32)",
-        )
-    else:
-        why = f"{measured}, less than {BF16_MIN_SPEEDUP:g}x faster: fp32"
-    return Decision({**cpu, "train.precision": "32"}, f"{dev.name} computes bf16 natively: {why}")
 
 
 #: The default rules, in the order they run (later rules read what earlier ones chose).
