@@ -265,3 +265,54 @@ def test_pad_collate_batches_different_sizes(tmp_path):
     assert torch.all(batch["image"][0, :, :, 40:] == 0)
     other = partial(pad_collate, ignore_index=7)([ds[0], ds[1]])
     assert int(other["mask"][0, -1, -1]) == 7
+
+
+def test_mask_values_outside_the_classes_are_a_data_error(tmp_path: Path) -> None:
+    image = np.full((40, 40, 3), 90, np.uint8)
+    bad = np.zeros((40, 40), np.uint8)
+    bad[5:9, 5:9] = 3  # a 2-class dataset: 3 is neither a class nor the ignore index
+    ok = np.zeros((40, 40), np.uint8)
+    ok[:, :4] = IGNORE
+    ds = CanonicalDataset(write_dataset(tmp_path / "d", {"a": (image, bad), "b": (image, ok)}, 2))
+    for dataset in (EvalDataset(ds, ["a"], preprocessor()), train_ds(ds, stems=["a"])):
+        with pytest.raises(DataError, match=r"a\.png.*mask values \[3\] are not class ids 0\.\.1"):
+            dataset[0]
+    assert EvalDataset(ds, ["b"], preprocessor())[0]["mask"].max() == IGNORE
+
+
+def test_foreground_crop_matches_albumentations_and_scans_a_cached_mask_once() -> None:
+    import random
+
+    import albumentations as A
+
+    from segflow.data.transforms import _ForegroundCrop
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((300, 280), np.uint8)
+    mask[rng.integers(0, 300, 60), rng.integers(0, 280, 60)] = 1
+    mask[:5] = IGNORE
+    image = rng.random((300, 280, 3), dtype=np.float32)
+    cached = mask.copy()
+    cached.setflags(write=False)
+    ours = _ForegroundCrop(64, 64, ignore_values=[0, IGNORE])
+    theirs = A.CropNonEmptyMaskIfExists(64, 64, ignore_values=[0, IGNORE])
+    for t in (ours, theirs):
+        t.set_random_state(np.random.default_rng(3), random.Random(3))
+    for _ in range(30):
+        a, b = ours(image=image, mask=cached), theirs(image=image, mask=mask)
+        assert np.array_equal(a["mask"], b["mask"]) and np.array_equal(a["image"], b["image"])
+        assert (a["mask"] == 1).any() and a["image"].flags.writeable
+    assert len(ours._found) == 1 and ours._foreground(cached) is ours._foreground(cached)
+    writable = ours(image=image, mask=mask)  # a mask that may change is searched each time
+    assert writable["mask"].shape == (64, 64) and len(ours._found) == 1
+
+
+def test_cached_images_stay_untouched_by_augmentation(synthetic: CanonicalDataset) -> None:
+    ds = train_ds(synthetic, preset="heavy", tile=32, mosaic=0.5, crops_per_image=4)
+    before = [tuple(np.array(a) for a in ds.load(i)[:2]) for i in range(len(ds.samples))]
+    for i in range(len(ds)):
+        ds[i]
+    for i, (image, mask) in enumerate(before):
+        stretched, cached_mask, _ = ds.load(i)
+        assert not stretched.flags.writeable and not cached_mask.flags.writeable
+        assert np.array_equal(stretched, image) and np.array_equal(cached_mask, mask)

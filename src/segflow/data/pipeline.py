@@ -49,8 +49,22 @@ def _load(
             f"mask is {mask.shape[1]}x{mask.shape[0]} but image {sample.image.name} is "
             f"{image.shape[1]}x{image.shape[0]}",
         )
+    _check_classes(sample, mask, dataset.meta.num_classes, dataset.meta.ignore_index)
     x, geom = preprocessor.image(image)
     return x, preprocessor.mask(mask, geom), geom
+
+
+def _check_classes(sample: Sample, mask: np.ndarray, num_classes: int, ignore_index: int) -> None:
+    """Mask values must be class ids or ``ignore_index`` (losses and metrics trust them)."""
+    if int(mask.max(initial=0)) < num_classes:
+        return
+    values = np.unique(mask[(mask >= num_classes) & (mask != ignore_index)])
+    if values.size:
+        raise DataError(
+            sample.mask or sample.image,
+            f"mask values {values[:10].tolist()} are not class ids 0..{num_classes - 1} or the "
+            f"ignore index {ignore_index} (run `segflow check` on the dataset)",
+        )
 
 
 def _rank() -> int:
@@ -167,7 +181,9 @@ class TrainDataset:
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
         """Image ``index`` preprocessed and stretched to 0..1, its mask and ``(lo, span)``.
 
-        Cached per process, so augmentation never re-reads or re-stretches an image.
+        Cached per process, so augmentation never re-reads or re-stretches an image; the
+        arrays are read-only (the crop copies its tile, and the foreground crop keeps the
+        foreground of a read-only mask instead of searching it again).
         """
         sample = self.samples[index]
         hit = self._cache.get(sample.stem)
@@ -176,6 +192,8 @@ class TrainDataset:
             return stretched, mask, value_range
         image, mask, _ = _load(self.dataset, sample, self.preprocessor)
         stretched, lo, span = stretch(image)
+        for array in (stretched, mask):  # shared by every crop: nothing may write into it
+            array.setflags(write=False)
         self._cache.put(sample.stem, (stretched, mask, (lo, span)), image.nbytes + mask.nbytes)
         return stretched, mask, (lo, span)
 

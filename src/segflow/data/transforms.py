@@ -44,6 +44,8 @@ import inspect
 import logging
 import random
 import warnings
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,6 +80,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("segflow.data")
+
+#: Bytes of foreground-pixel indices a foreground crop keeps per process (cached masks only).
+FOREGROUND_CACHE_BYTES = 256 * 2**20
 
 #: Channel counts a colour transform works with (measured on albumentations 2.0.8: the others
 #: raise or warn); used to skip them on other inputs.
@@ -167,6 +172,103 @@ class ChannelsOnly(A.Sequential):  # type: ignore[misc]
         return result
 
 
+class _PadIfNeeded(A.PadIfNeeded):  # type: ignore[misc]
+    """PadIfNeeded that passes an image needing no padding through (albumentations copies it).
+
+    The crop that follows copies its tile, so the (cached, read-only) image is never modified.
+    """
+
+    def apply(self, img: np.ndarray, *args: Any, **params: Any) -> np.ndarray:
+        """The image itself when every pad is zero, else padded."""
+        if _no_padding(params):
+            return img
+        out: np.ndarray = super().apply(img, *args, **params)
+        return out
+
+    def apply_to_mask(self, mask: np.ndarray, *args: Any, **params: Any) -> np.ndarray:
+        """The mask itself when every pad is zero, else padded."""
+        if _no_padding(params):
+            return mask
+        out: np.ndarray = super().apply_to_mask(mask, *args, **params)
+        return out
+
+
+def _no_padding(params: dict[str, Any]) -> bool:
+    sides = ("pad_top", "pad_bottom", "pad_left", "pad_right")
+    return all(side in params and params[side] == 0 for side in sides)
+
+
+class _RandomCrop(A.RandomCrop):  # type: ignore[misc]
+    """RandomCrop returning a copy: later transforms never see a view of a cached image."""
+
+    def apply(self, img: np.ndarray, *args: Any, **params: Any) -> np.ndarray:
+        """The crop, copied."""
+        return np.array(super().apply(img, *args, **params))
+
+
+class _ForegroundCrop(A.CropNonEmptyMaskIfExists):  # type: ignore[misc]
+    """CropNonEmptyMaskIfExists that finds a read-only (cached) mask's foreground once.
+
+    albumentations scans the whole mask (``isin`` + ``argwhere``) for every crop: ~10 ms for a
+    1-Mpx mask. A read-only mask (:class:`~segflow.data.pipeline.TrainDataset` caches its masks
+    read-only) cannot change, so the flat indices of its foreground pixels are kept, bounded by
+    :data:`FOREGROUND_CACHE_BYTES`; the random draws are albumentations' own, in the same order,
+    so the crops are the same. Other masks take albumentations' path. Crops are copies.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._found: OrderedDict[int, tuple[Any, np.ndarray]] = OrderedDict()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (to loader workers) without the weakly referenced cache."""
+        state = dict(self.__dict__)
+        state["_found"] = OrderedDict()
+        return state
+
+    def apply(self, img: np.ndarray, *args: Any, **params: Any) -> np.ndarray:
+        """The crop, copied."""
+        return np.array(super().apply(img, *args, **params))
+
+    def get_params_dependent_on_data(
+        self, params: dict[str, Any], data: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Crop coordinates around a random foreground pixel (random when there is none)."""
+        mask = data.get("mask")
+        if not isinstance(mask, np.ndarray) or mask.ndim != 2 or mask.flags.writeable:
+            found: dict[str, Any] = super().get_params_dependent_on_data(params, data)
+            return found
+        h, w = mask.shape
+        if self.height > h or self.width > w:
+            raise ValueError(
+                f"Crop size ({self.height},{self.width}) is larger than image ({h},{w})"
+            )
+        flat = self._foreground(mask)
+        if flat.size:
+            y, x = divmod(int(self.py_random.choice(flat)), w)
+            x_min = int(np.clip(x - self.py_random.randint(0, self.width - 1), 0, w - self.width))
+            y_min = int(np.clip(y - self.py_random.randint(0, self.height - 1), 0, h - self.height))
+        else:
+            x_min = self.py_random.randint(0, w - self.width)
+            y_min = self.py_random.randint(0, h - self.height)
+        return {"crop_coords": (x_min, y_min, x_min + self.width, y_min + self.height)}
+
+    def _foreground(self, mask: np.ndarray) -> np.ndarray:
+        key = id(mask)
+        hit = self._found.get(key)
+        if hit is not None and hit[0]() is mask:
+            self._found.move_to_end(key)
+            return hit[1]
+        keep = mask if self.ignore_values is None else ~np.isin(mask, self.ignore_values)
+        flat = np.flatnonzero(keep & (mask != 0))
+        flat = flat.astype(np.int32) if mask.size < 2**31 else flat
+        self._found[key] = (weakref.ref(mask), flat)
+        total = sum(v[1].nbytes for v in self._found.values())
+        while total > FOREGROUND_CACHE_BYTES and len(self._found) > 1:
+            total -= self._found.popitem(last=False)[1][1].nbytes
+        return flat
+
+
 def _guard(transform: A.BasicTransform) -> A.BasicTransform | ChannelsOnly:
     needs = CHANNEL_NEEDS.get(type(transform).__name__)
     return transform if needs is None else ChannelsOnly(transform, needs)
@@ -230,14 +332,14 @@ def build_train_augment(
         raise ConfigError(f"foreground_crops must be in 0..1, got {foreground_crops}")
     crop = A.OneOf(
         [
-            A.CropNonEmptyMaskIfExists(
+            _ForegroundCrop(
                 tile_size, tile_size, ignore_values=[0, ignore_index], p=foreground_crops
             ),
-            A.RandomCrop(tile_size, tile_size, p=1.0 - foreground_crops),
+            _RandomCrop(tile_size, tile_size, p=1.0 - foreground_crops),
         ],
         p=1.0,
     )
-    pad = A.PadIfNeeded(
+    pad = _PadIfNeeded(
         tile_size,
         tile_size,
         position="random",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -39,6 +39,10 @@ GPU_TABLE = {"resnet18": (0.03, 0.01), "resnet34": (0.04, 0.013), "resnet50": (0
 DEFAULT_TABLE = {"cpu": (8.0, 3.0), "cuda": (0.1, 0.03)}
 #: A CPU measurement is kept within this factor of the table (either way).
 CPU_TRUST = 3.0
+#: bf16-mixed cost as a share of fp32 (training step, inference) on a CPU that computes bf16
+#: natively, for the table: measured on the AMX Xeon segflow is developed on (Unet-resnet18,
+#: half-width decoder, 4 x 256 px, AdamW: 0.30 vs 0.62 s a step).
+CPU_BF16_COST = (0.5, 0.5)
 
 
 def parse_budget(text: str) -> float:
@@ -127,24 +131,95 @@ def detect_device(requested: str = "auto") -> DeviceInfo:
     return DeviceInfo("cpu", f"CPU ({cpus} cores)", _available_ram_gb(), cpus)
 
 
+@dataclass(frozen=True)
+class PrecisionTiming:
+    """A training step measured in fp32 and in another precision, interleaved.
+
+    Attributes:
+        precision: the other precision (a ``train.precision`` value, e.g. ``bf16-mixed``).
+        fp32_s: seconds of an fp32 step.
+        other_s: seconds of a step in ``precision``.
+        finite: whether every loss computed in ``precision`` was finite.
+    """
+
+    precision: str
+    fp32_s: float
+    other_s: float
+    finite: bool
+
+    @property
+    def speedup(self) -> float:
+        """How many times faster a step in ``precision`` is than in fp32."""
+        return self.fp32_s / self.other_s if self.other_s > 0 else 0.0
+
+
 class StepTimer(Protocol):
-    """Estimates how long the network takes on the device."""
+    """Estimates how long the network takes on the device.
+
+    ``precision`` is a ``train.precision`` value: ``32``, ``bf16-mixed``, ``16-mixed`` or ``auto``.
+    """
 
     source: str
 
     def train_step(
-        self, model: Mapping[str, Any], tile: int, batch: int, channels: int, classes: int
+        self,
+        model: Mapping[str, Any],
+        tile: int,
+        batch: int,
+        channels: int,
+        classes: int,
+        precision: str = "32",
     ) -> float:
         """Seconds for one training step (forward, backward, optimiser) on ``batch`` tiles."""
         ...
 
-    def infer_pixel(self, model: Mapping[str, Any], channels: int, classes: int) -> float:
+    def infer_pixel(
+        self, model: Mapping[str, Any], channels: int, classes: int, precision: str = "32"
+    ) -> float:
         """Seconds per input pixel for inference on whole images."""
         ...
 
+    def compare_precision(
+        self,
+        model: Mapping[str, Any],
+        tile: int,
+        batch: int,
+        channels: int,
+        classes: int,
+        precision: str,
+    ) -> PrecisionTiming | None:
+        """fp32 and ``precision`` timed on this machine; None when this timer does not measure."""
+        ...
 
-def _table_entry(device: DeviceInfo, model: Mapping[str, Any]) -> tuple[float, float]:
-    """Seconds per pixel (training step, inference) from the tables."""
+
+def autocast_dtype(kind: DeviceKind, precision: str) -> Any:
+    """The ``torch.autocast`` dtype of ``precision`` on ``kind``, or None for fp32.
+
+    ``auto`` is bf16 on a GPU (fp16 where it lacks bf16) and fp32 on a CPU, as in
+    :func:`segflow.train.runner.resolve_precision`.
+    """
+    import torch
+
+    if precision == "bf16-mixed":
+        return torch.bfloat16
+    if precision == "16-mixed":
+        return torch.float16
+    if precision == "auto" and kind == "cuda":
+        bf16 = not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float16
+    return None
+
+
+def _table_entry(
+    device: DeviceInfo, model: Mapping[str, Any], precision: str = "32"
+) -> tuple[float, float]:
+    """Seconds per pixel (training step, inference) from the tables.
+
+    bf16-mixed on a CPU that computes bf16 natively costs :data:`CPU_BF16_COST` of fp32; other
+    reduced precisions on a CPU are not tabled and count as fp32 (the GPU table is for bf16).
+    """
+    from segflow._hw import cpu_supports_bf16
+
     table = CPU_TABLE if device.kind == "cpu" else GPU_TABLE
     train_us, infer_us = table.get(str(model["model.encoder"]), DEFAULT_TABLE[device.kind])
     kwargs = model.get("model.kwargs") or {}
@@ -153,6 +228,8 @@ def _table_entry(device: DeviceInfo, model: Mapping[str, Any]) -> tuple[float, f
     factor = 1.0
     if device.kind == "cpu":  # the table is for 2 cores; more cores help less than linearly
         factor = (2 / max(1, device.cpus)) ** 0.7
+        if precision == "bf16-mixed" and cpu_supports_bf16():
+            train_us, infer_us = train_us * CPU_BF16_COST[0], infer_us * CPU_BF16_COST[1]
     return train_us * factor * 1e-6, infer_us * factor * 1e-6
 
 
@@ -164,15 +241,35 @@ class TableTimer:
     source: str = "calibrated table"
 
     def train_step(
-        self, model: Mapping[str, Any], tile: int, batch: int, channels: int, classes: int
+        self,
+        model: Mapping[str, Any],
+        tile: int,
+        batch: int,
+        channels: int,
+        classes: int,
+        precision: str = "32",
     ) -> float:
         """Seconds for one training step, from the table's per-pixel time."""
-        per_px = _table_entry(self.device, model)[0]
+        per_px = _table_entry(self.device, model, precision)[0]
         return float(per_px * tile * tile * batch * max(1.0, channels / 3) ** 0.3)
 
-    def infer_pixel(self, model: Mapping[str, Any], channels: int, classes: int) -> float:
+    def infer_pixel(
+        self, model: Mapping[str, Any], channels: int, classes: int, precision: str = "32"
+    ) -> float:
         """Seconds per pixel of inference, from the table."""
-        return _table_entry(self.device, model)[1]
+        return _table_entry(self.device, model, precision)[1]
+
+    def compare_precision(
+        self,
+        model: Mapping[str, Any],
+        tile: int,
+        batch: int,
+        channels: int,
+        classes: int,
+        precision: str,
+    ) -> PrecisionTiming | None:
+        """Nothing is measured: None."""
+        return None
 
 
 @dataclass
@@ -184,12 +281,16 @@ class MeasuredTimer:
     result is kept within :data:`CPU_TRUST` of the calibrated table: on a shared machine torch's
     threads can stall for seconds while other processes run (measured here: 40x slower under a
     load of 4 on 2 cores), and such a moment must not shrink the whole plan. On a GPU the real
-    batch is timed.
+    batch is timed. :meth:`compare_precision` alternates fp32 and the other precision step by
+    step on one network, so that load from other processes slows both alike; it reports the
+    raw times (the decision is their ratio) and caches the kept ones for the plan. Timing
+    stops after the first timed step once a measurement has taken ``max_seconds``.
     """
 
     device: DeviceInfo
     source: str = "measured here"
-    _cache: dict[tuple[Any, ...], float] = field(default_factory=dict)
+    max_seconds: float = 12.0
+    _cache: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
     def _model(self, model: Mapping[str, Any], channels: int, classes: int) -> Any:
         from segflow.models.factory import create_model
@@ -204,42 +305,107 @@ class MeasuredTimer:
         )
         return net.to("cuda" if self.device.kind == "cuda" else "cpu")
 
-    def train_step(
-        self, model: Mapping[str, Any], tile: int, batch: int, channels: int, classes: int
-    ) -> float:
-        """The fastest of a few timed training steps (after warm-up)."""
+    def _key(
+        self, what: str, model: Mapping[str, Any], *rest: Any, precision: str
+    ) -> tuple[Any, ...]:
+        dtype = autocast_dtype(self.device.kind, precision)
+        return (what, _model_key(model), *rest, str(dtype))
+
+    def _steps(
+        self,
+        model: Mapping[str, Any],
+        shape: tuple[int, int, int, int],
+        precisions: Sequence[str],
+    ) -> tuple[dict[str, float], dict[str, bool]]:
+        """Per precision: the fastest step's seconds and whether every loss was finite.
+
+        ``shape`` is (batch, channels, tile, classes); the precisions alternate step by step.
+        """
         import torch
 
-        key = ("train", _model_key(model), tile, batch, channels, classes)
-        if key in self._cache:
-            return self._cache[key]
+        batch, channels, tile, classes = shape
         cuda = self.device.kind == "cuda"
         timed_batch = batch if cuda else min(batch, 4)
         net = self._model(model, channels, classes).train()
         opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
         dev = next(net.parameters()).device
         x = torch.randn(timed_batch, channels, tile, tile, device=dev)
-        times = []
-        for i in range(8 if cuda else 5):  # warm-up: 3 steps on a GPU, 1 on a CPU
-            start = time.perf_counter()
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
-                loss = net(x).float().square().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if cuda:
-                torch.cuda.synchronize()
-            if i >= (3 if cuda else 1):
-                times.append(time.perf_counter() - start)
-        seconds = self._trusted(min(times) * batch / timed_batch, model, tile * tile * batch, 0)
-        self._cache[key] = seconds
-        return seconds
+        times: dict[str, list[float]] = {p: [] for p in precisions}
+        finite = dict.fromkeys(precisions, True)
+        warmup = 3 if cuda else 1
+        began = time.perf_counter()
+        for i in range(8 if cuda else 5):
+            if i > warmup and time.perf_counter() - began > self.max_seconds:
+                break  # a busy machine: the fastest of the steps so far counts
+            for precision in precisions:
+                dtype = autocast_dtype(self.device.kind, precision)
+                start = time.perf_counter()
+                with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+                    loss = net(x).float().square().mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if cuda:
+                    torch.cuda.synchronize()
+                if i >= warmup:
+                    times[precision].append(time.perf_counter() - start)
+                finite[precision] = finite[precision] and bool(torch.isfinite(loss))
+        return {p: min(t) * batch / timed_batch for p, t in times.items()}, finite
 
-    def _trusted(self, seconds: float, model: Mapping[str, Any], pixels: int, which: int) -> float:
+    def train_step(
+        self,
+        model: Mapping[str, Any],
+        tile: int,
+        batch: int,
+        channels: int,
+        classes: int,
+        precision: str = "32",
+    ) -> float:
+        """The fastest of a few timed training steps (after warm-up)."""
+        key = self._key("train", model, tile, batch, channels, classes, precision=precision)
+        if key not in self._cache:
+            raw, _ = self._steps(model, (batch, channels, tile, classes), [precision])
+            self._cache[key] = self._trusted(
+                raw[precision], model, tile * tile * batch, 0, precision
+            )
+        return float(self._cache[key])
+
+    def compare_precision(
+        self,
+        model: Mapping[str, Any],
+        tile: int,
+        batch: int,
+        channels: int,
+        classes: int,
+        precision: str,
+    ) -> PrecisionTiming | None:
+        """fp32 and ``precision`` timed alternately on one network (raw times, not kept)."""
+        key = self._key("compare", model, tile, batch, channels, classes, precision=precision)
+        if key not in self._cache:
+            raw, finite = self._steps(model, (batch, channels, tile, classes), ["32", precision])
+            for p in ("32", precision):
+                trusted = self._trusted(raw[p], model, tile * tile * batch, 0, p)
+                self._cache[
+                    self._key("train", model, tile, batch, channels, classes, precision=p)
+                ] = trusted
+            self._cache[key] = PrecisionTiming(
+                precision, raw["32"], raw[precision], finite[precision]
+            )
+        timing: PrecisionTiming = self._cache[key]
+        return timing
+
+    def _trusted(
+        self,
+        seconds: float,
+        model: Mapping[str, Any],
+        pixels: int,
+        which: int,
+        precision: str = "32",
+    ) -> float:
         """A CPU measurement bounded by the table (see the class docstring); notes clamping."""
         if self.device.kind != "cpu":
             return seconds
-        table = _table_entry(self.device, model)[which] * pixels
+        table = _table_entry(self.device, model, precision)[which] * pixels
         low, high = table / CPU_TRUST, table * CPU_TRUST
         if not low <= seconds <= high:
             self.source = (
@@ -248,18 +414,21 @@ class MeasuredTimer:
             )
         return min(max(seconds, low), high)
 
-    def infer_pixel(self, model: Mapping[str, Any], channels: int, classes: int) -> float:
+    def infer_pixel(
+        self, model: Mapping[str, Any], channels: int, classes: int, precision: str = "32"
+    ) -> float:
         """Seconds per pixel of one forward pass on a 512 x 512 image."""
         import torch
 
-        key = ("infer", _model_key(model), channels, classes)
+        key = self._key("infer", model, channels, classes, precision=precision)
         if key in self._cache:
-            return self._cache[key]
+            return float(self._cache[key])
         net = self._model(model, channels, classes).eval()
         dev = next(net.parameters()).device
+        dtype = autocast_dtype(self.device.kind, precision)
         x = torch.randn(1, channels, 512, 512, device=dev)
         times = []
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
             for i in range(3):
                 start = time.perf_counter()
                 net(x)
@@ -267,7 +436,7 @@ class MeasuredTimer:
                     torch.cuda.synchronize()
                 if i:
                     times.append(time.perf_counter() - start)
-        seconds = self._trusted(min(times), model, 512 * 512, 1) / (512 * 512)
+        seconds = self._trusted(min(times), model, 512 * 512, 1, precision) / (512 * 512)
         self._cache[key] = seconds
         return seconds
 

@@ -52,8 +52,15 @@ MIN_BATCH = 2
 SAFETY = {"cpu": 1.0, "cuda": 1.25}
 #: Seconds a run spends outside the training loop: start-up, statistics, MLflow, final saves.
 SETUP_SECONDS = {"cpu": 30.0, "cuda": 45.0}
+#: Validation's cost per pixel besides the forward pass (loss terms, labels, confusion matrix),
+#: seconds: measured on the 2-core CPU on a 1024 x 960 CHASE_DB1 image (0.23 s + 0.18 s).
+VALIDATION_EXTRA = {"cpu": 0.4e-6, "cuda": 0.0}
 #: Validation may take at most this share of an epoch's time (else it runs every few epochs).
 VALIDATION_SHARE = 0.15
+#: bf16-mixed is planned on a CPU only when a measured step is at least this many times faster
+#: than fp32 (measured 2.1x on the AMX Xeon segflow is developed on; a smaller gain is within
+#: what load from other processes can fake).
+BF16_MIN_SPEEDUP = 1.2
 #: Training activations in bytes per input pixel per sample (fp32), measured on CPU with
 #: Unet at 256 px (resnet18 2.0 KB, resnet34 2.1 KB) and padded; others estimated.
 ACTIVATION_BYTES = {"resnet18": 2400, "resnet34": 2600, "resnet50": 6500}
@@ -429,10 +436,13 @@ def choose_epochs(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
     tile = int(_get(chosen, "data.tile_size"))
     batch = int(_get(chosen, "data.batch_size"))
     channels, classes = channels_of(fp), len(fp.classes)
-    step_s = ctx.timer.train_step(model, tile, batch, channels, classes) * SAFETY[dev.kind]
+    precision = str(_get(chosen, "train.precision"))
+    step_s = ctx.timer.train_step(model, tile, batch, channels, classes, precision=precision)
+    step_s *= SAFETY[dev.kind]
     steps = steps_per_epoch(ctx, chosen)
     val_px = ctx.val_images * (fp.mean_pixels or median_pixels(fp))
-    val_s = val_px * ctx.timer.infer_pixel(model, channels, classes) * SAFETY[dev.kind]
+    val_s = val_px * ctx.timer.infer_pixel(model, channels, classes, precision=precision)
+    val_s = (val_s + val_px * VALIDATION_EXTRA[dev.kind]) * SAFETY[dev.kind]
     setup_s = SETUP_SECONDS[dev.kind] + 0.05 * ctx.train_images * median_pixels(fp) / 1e6
     fit_s = max(ctx.budget_s - setup_s, 0.5 * ctx.budget_s)
     usable = BUDGET_FILL * fit_s
@@ -444,10 +454,7 @@ def choose_epochs(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
         every = max(d for d in range(1, min(every, epochs) + 1) if epochs % d == 0)
         fits = f"{epochs} epoch(s) set by you"
     else:
-        epochs = max(1, int(usable / (steps * step_s + 1.0 + val_s / every)))
-        if every > 1:
-            every = min(every, epochs)
-            epochs = max(every, epochs // every * every)  # the last epoch is validated
+        epochs, every = _validated_epochs(usable, steps * step_s + 1.0, val_s, every)
         fits = f"{epochs} epochs of {steps} steps fit"
         if epochs < 10:  # resize the epoch so that the epochs fill the budget
             epochs = max(1, round(usable / (steps * step_s + 1.0 + val_s)))
@@ -460,7 +467,8 @@ def choose_epochs(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
                 f"train.limit_train_batches={steps})"
             )
     reason = (
-        f"a step of {batch} x {tile}-px tiles takes ~{step_s:.2f} s ({ctx.timer.source}, "
+        f"a {_precision_name(precision, dev)} step of {batch} x {tile}-px tiles takes "
+        f"~{step_s:.2f} s ({ctx.timer.source}, "
         f"x{SAFETY[dev.kind]} margin), validation ~{val_s:.0f} s"
         f"{f' every {every} epochs' if every > 1 else ''}: in {format_seconds(fit_s)} of training "
         f"(budget {format_seconds(ctx.budget_s)} minus ~{setup_s:.0f} s start-up; planned to "
@@ -475,6 +483,28 @@ def choose_epochs(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
         },
         reason,
     )
+
+
+def _validated_epochs(usable: float, epoch_s: float, val_s: float, every: int) -> tuple[int, int]:
+    """The most epochs that fit, a multiple of the validation interval (the last is validated).
+
+    Rounding down to a multiple of ``every`` can waste up to ``every - 1`` epochs, so intervals
+    from ``every`` down to half of it are tried (validating a little more often).
+    """
+    best = (0, every)
+    for interval in range(every, max(1, every // 2) - 1, -1):
+        epochs = max(1, int(usable / (epoch_s + val_s / interval)))
+        interval = min(interval, epochs)
+        epochs = max(interval, epochs // interval * interval)
+        if epochs > best[0]:
+            best = (epochs, interval)
+    return best
+
+
+def _precision_name(precision: str, device: DeviceInfo) -> str:
+    if precision == "auto":
+        return "mixed-precision" if device.kind == "cuda" else "fp32"
+    return "fp32" if precision == "32" else precision
 
 
 def choose_schedule(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
@@ -515,22 +545,71 @@ def choose_augment(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
     return Decision({"augment.preset": preset}, f"{why}: {preset} augmentation")
 
 
+def cpu_precision(
+    timer: StepTimer, model: Mapping[str, Any], tile: int, batch: int, channels: int, classes: int
+) -> tuple[str, str]:
+    """``train.precision`` for a CPU and why: bf16-mixed only when measured clearly faster.
+
+    A CPU with native bf16 (:func:`segflow._hw.cpu_supports_bf16`) gets one training step of
+    ``model`` on ``batch`` x ``tile`` px timed in fp32 and in bf16-mixed; bf16-mixed is chosen
+    when it is at least :data:`BF16_MIN_SPEEDUP` times faster and its loss stayed finite. Without
+    the flags, or with a timer that does not measure (``timing=table``), nothing is timed: fp32.
+    """
+    from segflow._hw import cpu_supports_bf16
+
+    if not cpu_supports_bf16():
+        return "32", (
+            "fp32; this CPU has no native bf16 (no AMX or AVX-512 BF16 flag), so bf16 would be "
+            "emulated and slower"
+        )
+    timing = timer.compare_precision(model, tile, batch, channels, classes, "bf16-mixed")
+    if timing is None:
+        return "32", (
+            f"it computes bf16 natively, but with {timer.source} step times nothing was "
+            "measured: fp32 until measured (plan with timing=measure to time bf16-mixed)"
+        )
+    measured = (
+        f"it computes bf16 natively: a step of {batch} x {tile}-px tiles measured "
+        f"{timing.fp32_s:.2f} s in fp32 and {timing.other_s:.2f} s in bf16-mixed "
+        f"({timing.speedup:.2f}x)"
+    )
+    if not timing.finite:
+        return "32", f"{measured}, but the bf16-mixed loss was not finite: fp32"
+    if timing.speedup < BF16_MIN_SPEEDUP:
+        return "32", f"{measured}, less than {BF16_MIN_SPEEDUP:g}x faster: fp32"
+    return "bf16-mixed", (
+        f"{measured}, >= {BF16_MIN_SPEEDUP:g}x: bf16-mixed (weights, checkpoints and the bundle "
+        "stay fp32)"
+    )
+
+
 def choose_hardware(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
-    """The accelerator and precision for the device."""
-    if ctx.device.kind == "cuda":
+    """The accelerator and precision; on a CPU by measurement (:func:`cpu_precision`).
+
+    On a GPU: mixed precision (``auto``). ``train.precision`` set by the user is not timed.
+    """
+    dev = ctx.device
+    if dev.kind == "cuda":
         return Decision(
             {"train.accelerator": "gpu", "train.precision": "auto"},
-            f"{ctx.device.name}: mixed precision (bf16 where supported) roughly doubles speed",
+            f"{dev.name}: mixed precision (bf16 where supported) roughly doubles speed",
         )
+    if "train.precision" in ctx.fixed:
+        return Decision(
+            {"train.accelerator": "cpu", "train.precision": ctx.fixed["train.precision"]},
+            "not timed",
+        )
+    model = {k: _get(chosen, k) for k in ("model.arch", "model.encoder", "model.kwargs")}
+    tile, batch = int(_get(chosen, "data.tile_size")), int(_get(chosen, "data.batch_size"))
+    fp = ctx.fingerprint
+    precision, why = cpu_precision(ctx.timer, model, tile, batch, channels_of(fp), len(fp.classes))
     return Decision(
-        {"train.accelerator": "cpu", "train.precision": "32"},
-        f"{ctx.device.name}: full precision (mixed precision does not speed up CPU training)",
+        {"train.accelerator": "cpu", "train.precision": precision}, f"{dev.name}: {why}"
     )
 
 
 #: The default rules, in the order they run (later rules read what earlier ones chose).
 RULES: dict[str, Rule] = {
-    "hardware": choose_hardware,
     "model": choose_model,
     "weights": choose_encoder_weights,
     "normalize": choose_normalization,
@@ -538,6 +617,7 @@ RULES: dict[str, Rule] = {
     "tile": choose_tile_size,
     "inference": choose_inference,
     "batch": choose_batch_size,
+    "hardware": choose_hardware,  # times precisions of the model, tile and batch chosen above
     "crops": choose_crops,
     "class_weights": choose_class_weights,
     "loss": choose_loss,

@@ -88,14 +88,30 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def _precision(setting: str) -> str:
-    if setting != "auto":
-        return setting if setting != "32" else "32-true"
+def resolve_precision(setting: str, accelerator: str = "auto") -> str:
+    """Lightning's precision for ``train.precision``.
+
+    ``auto`` is bf16-mixed (16-mixed without bf16) on a GPU and fp32 on a CPU: whether bf16
+    pays off on a CPU is measured by ``segflow plan``, which then writes ``bf16-mixed``. A
+    reduced precision on a CPU without native bf16 works but is emulated: a warning says so.
+    """
     import torch
 
-    if torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
+    gpu = accelerator in ("gpu", "auto") and torch.cuda.is_available()
+    if setting == "auto":
+        if gpu:
+            return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        return "32-true"
+    if setting.endswith("-mixed") and not gpu and accelerator != "mps":
+        from segflow._hw import cpu_supports_bf16
+
+        if not cpu_supports_bf16():
+            log.warning(
+                "train.precision=%s on a CPU without native bf16 (no AMX or AVX-512 BF16): it "
+                "is emulated and usually slower than train.precision=32",
+                setting,
+            )
+    return setting if setting != "32" else "32-true"
 
 
 def check_devices(accelerator: str, devices: int | str) -> None:
@@ -458,7 +474,7 @@ def _fit(
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=t.strategy,
-        precision=_precision(t.precision),  # type: ignore[arg-type]
+        precision=resolve_precision(t.precision, t.accelerator),  # type: ignore[arg-type]
         accumulate_grad_batches=t.grad_accumulation,
         gradient_clip_val=t.grad_clip or None,
         check_val_every_n_epoch=t.val_every,
@@ -489,6 +505,8 @@ def _fit(
         warnings.filterwarnings(
             "ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*"
         )
+        # A resumed run writes into its own checkpoint folder again: expected, not a hazard.
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
         try:
             trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         except BaseException:
