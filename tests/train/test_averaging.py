@@ -135,10 +135,10 @@ def test_ema_run_validates_saves_and_resumes_the_averaged_weights(tmp_path: Path
     assert _same(_network(ckpt["state_dict"]), probe.averaged[1])
     updates = int(ckpt["averaging_state"]["n_averaged"])
     assert updates == ckpt["global_step"] > 0
-    # resume: the average and its update count come back as they were saved. (MLflow off here:
-    # continuing an MLflow run with a changed train.epochs is the resume-with-tracking issue.)
+    # resume (tracking still on, as in the first attempt): the average and its update count come
+    # back as they were saved.
     resumed_probe = Probe()
-    more = ["train.epochs=3", "tracking.enabled=false"]
+    more = ["train.epochs=3"]
     resumed = train(resume=result.run_dir, overrides=more, callbacks=[resumed_probe])
     assert isinstance(resumed, TrainResult)
     assert _same(resumed_probe.at_start["averaged"], _network(ckpt["state_dict"]))

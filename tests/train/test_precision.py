@@ -239,11 +239,11 @@ def test_bf16_cpu_training_with_tracking_resumes_and_saves_fp32_weights(
     assert mrun.info.status == "FINISHED" and mrun.data.params["train.precision"] == "bf16-mixed"
     history = client.get_metric_history(state["mlflow_run_id"], "val/mIoU")
     assert len(history) == 1 and 0 <= history[0].value <= 1
-    # Resuming into the same MLflow run is the server/resume work's (it re-logs changed params);
-    # here the bf16 checkpoint is what is resumed, so tracking is off for the second attempt.
-    resumed = cli("train", "--resume", run, "--set", "train.epochs=2",
-                  "--set", "tracking.enabled=false")  # fmt: skip
+    # resume the bf16 checkpoint into the same MLflow run (tracking stays on), with more epochs
+    resumed = cli("train", "--resume", run, "--set", "train.epochs=2")
     assert resumed.exit_code == 0, resumed.stderr
+    assert client.get_run(state["mlflow_run_id"]).info.status == "FINISHED"
+    assert len(client.get_metric_history(state["mlflow_run_id"], "val/mIoU")) == 2
     after = json.loads((run / "run.json").read_text())
     assert after["status"] == "finished" and after["epochs"] == 2
     assert after["precision"] == "bf16-mixed"
