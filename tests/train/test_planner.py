@@ -252,6 +252,22 @@ def test_planned_epochs_fit_the_budget(budget: float, step: float) -> None:
     assert s["train.epochs"] % s["train.val_every"] == 0  # the last epoch is validated
 
 
+@pytest.mark.parametrize("budget", [300.0, 600.0, 1200.0])
+@pytest.mark.parametrize("step", [0.3, 0.45, 1.0])  # 300 s / 0.45 s rounded 11.9 epochs to 10
+def test_planned_epochs_fill_the_budget_not_only_fit_it(budget: float, step: float) -> None:
+    """Rounding to whole (validated) epochs must not leave more than ~3% of the budget unused."""
+    ctx = _ctx(_fp(size=(960, 1000)), budget_s=budget, timer=_FixedTimer(step), train_images=22)
+    s = _plan(ctx).settings
+    steps = R.steps_per_epoch(ctx, s)
+    val = 8 * 960 * 1000 * (1e-7 + R.VALIDATION_EXTRA["cpu"]) * R.SAFETY["cpu"]
+    epochs, every = s["train.epochs"], s["train.val_every"]
+    planned = epochs * (steps * step * R.SAFETY["cpu"] + 1.0) + epochs // every * val
+    setup = R.SETUP_SECONDS["cpu"] + 0.05 * 22 * 0.96
+    usable = C.BUDGET_FILL * (budget - setup)
+    assert planned <= usable + 1e-6
+    assert planned >= usable / 1.03 - epochs * step, (planned, usable, s)
+
+
 def test_validation_is_spaced_when_it_is_expensive() -> None:
     ctx = _ctx(_fp(size=(4000, 4000)), budget_s=7200, timer=_FixedTimer(0.05, px=1e-6))
     s = _plan(ctx).settings

@@ -276,12 +276,11 @@ class TableTimer:
 class MeasuredTimer:
     """Step times measured by running the network on this machine's device (a few seconds).
 
-    The fastest of a few steps after a warm-up counts. On a CPU a step is timed on at most 4
-    tiles and scaled linearly (a CPU's cost per pixel does not fall with the batch), and the
-    result is kept within :data:`CPU_TRUST` of the calibrated table: on a shared machine torch's
+    The fastest of a few steps of the real batch after a warm-up counts. On a CPU the result is
+    kept within :data:`CPU_TRUST` of the calibrated table: on a shared machine torch's
     threads can stall for seconds while other processes run (measured here: 40x slower under a
-    load of 4 on 2 cores), and such a moment must not shrink the whole plan. On a GPU the real
-    batch is timed. :meth:`compare_precision` alternates fp32 and the other precision step by
+    load of 4 on 2 cores), and such a moment must not shrink the whole plan.
+    :meth:`compare_precision` alternates fp32 and the other precision step by
     step on one network, so that load from other processes slows both alike; it reports the
     raw times (the decision is their ratio) and caches the kept ones for the plan. Timing
     stops after the first timed step once a measurement has taken ``max_seconds``.
@@ -325,11 +324,13 @@ class MeasuredTimer:
 
         batch, channels, tile, classes = shape
         cuda = self.device.kind == "cuda"
-        timed_batch = batch if cuda else min(batch, 4)
         net = self._model(model, channels, classes).train()
         opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
         dev = next(net.parameters()).device
-        x = torch.randn(timed_batch, channels, tile, tile, device=dev)
+        # The real batch, on a CPU too: a CPU step of 8 tiles costs less than twice one of 4
+        # (under bf16 on AMX, 4 tiles scaled to 8 overstated the in-loop step by 20-30%, and the
+        # plan then ended runs at three quarters of their budget). max_seconds bounds the probe.
+        x = torch.randn(batch, channels, tile, tile, device=dev)
         times: dict[str, list[float]] = {p: [] for p in precisions}
         finite = dict.fromkeys(precisions, True)
         warmup = 3 if cuda else 1
@@ -350,7 +351,7 @@ class MeasuredTimer:
                 if i >= warmup:
                     times[precision].append(time.perf_counter() - start)
                 finite[precision] = finite[precision] and bool(torch.isfinite(loss))
-        return {p: min(t) * batch / timed_batch for p, t in times.items()}, finite
+        return {p: min(t) for p, t in times.items()}, finite
 
     def train_step(
         self,

@@ -425,11 +425,17 @@ def choose_optimizer(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
     )
 
 
+#: Whole epochs leave part of the budget unused; the epoch grows when that gains more than 3%.
+FILL_GROW = 1.03
+
+
 def choose_epochs(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
     """Epochs that fill the budget, from the step time; validation cadence; a hard time limit.
 
     With few epochs, whole epochs would waste up to one epoch of the budget: the epoch is then
-    resized (``data.crops_per_image`` + ``train.limit_train_batches``) so that they fill it.
+    resized (``data.crops_per_image`` + ``train.limit_train_batches``) so that they fill it; with
+    more, the epoch grows when rounding to whole epochs (a multiple of the validation interval)
+    would leave more than 3% of the budget unused.
     """
     fp, dev = ctx.fingerprint, ctx.device
     model = {k: _get(chosen, k) for k in ("model.arch", "model.encoder", "model.kwargs")}
@@ -466,6 +472,16 @@ def choose_epochs(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
                 f"{epochs} epoch(s) of {steps} steps fill it ({crops} crop(s) per image, "
                 f"train.limit_train_batches={steps})"
             )
+        else:  # whole epochs (a multiple of the validation interval) round down: grow the epoch
+            grown = int(((usable - epochs // every * val_s) / epochs - 1.0) / step_s)
+            if grown > FILL_GROW * steps:
+                crops = max(1, math.ceil(grown * batch / max(1, ctx.train_images)))
+                settings = {"data.crops_per_image": crops, "train.limit_train_batches": grown}
+                fits = (
+                    f"{epochs} epochs of {steps} steps fit, grown to {grown} steps to fill it "
+                    f"({crops} crop(s) per image, train.limit_train_batches={grown})"
+                )
+                steps = grown
     reason = (
         f"a {_precision_name(precision, dev)} step of {batch} x {tile}-px tiles takes "
         f"~{step_s:.2f} s ({ctx.timer.source}, "
