@@ -4,24 +4,30 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from segflow.cli._common import cli_errors, console, show_backend_choice
 
 
-def parse_tta(value: str | None) -> list[str] | None:
-    """``"h,v"`` -> ``["h", "v"]``; ``"none"`` -> ``[]`` (TTA off); None keeps the bundle's."""
-    if value is None:
-        return None
-    if value.strip().lower() in ("none", "off", ""):
-        return []
-    return [t.strip() for t in value.split(",") if t.strip()]
-
-
 def _fmt(value: float) -> str:
     return "–" if math.isnan(value) else f"{value:.4f}"
+
+
+def _applied(settings: dict[str, Any]) -> str:
+    """One line: the threshold, TTA and post-processing the scores were measured with."""
+    post = settings.get("postprocess") or {}
+    parts = [f"tta {','.join(settings.get('tta') or []) or 'none'}"]
+    if settings.get("threshold") is not None:
+        parts.insert(0, f"threshold {settings['threshold']:g}")
+    sizes = ", ".join(f"{c}={n}" for c, n in (post.get("min_size") or {}).items())
+    parts.append(f"min-size {sizes or 'none'}")
+    for key in ("fill_holes", "keep_largest"):
+        parts.append(f"{key.replace('_', '-')} {','.join(post.get(key) or []) or 'none'}")
+    flags = settings.get("from_flags") or []
+    parts.append(f"from flags: {', '.join(flags)}" if flags else "all from the bundle")
+    return " · ".join(parts)
 
 
 def _quiet_mlflow() -> None:
@@ -77,6 +83,27 @@ def eval_(
             "--with", metavar="BUNDLE2", help="Another bundle to ensemble with BUNDLE (repeatable)."
         ),
     ] = None,
+    combine: Annotated[
+        str, typer.Option(help="Ensemble: 'mean' of probabilities or majority 'vote'.")
+    ] = "mean",
+    tile: Annotated[int | None, typer.Option(help="Tile size (default: the bundle's).")] = None,
+    overlap: Annotated[
+        float | None, typer.Option(help="Tile overlap share (default: the bundle's).")
+    ] = None,
+    batch: Annotated[int | None, typer.Option(help="Tiles per forward pass.")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Binary threshold (default: the bundle's).")
+    ] = None,
+    min_size: Annotated[
+        list[str] | None,
+        typer.Option(help="Drop components under N px: N, or CLASS=N (repeatable)."),
+    ] = None,
+    fill_holes: Annotated[
+        list[str] | None, typer.Option(help="Fill holes of these classes ('all' or names/ids).")
+    ] = None,
+    keep_largest: Annotated[
+        list[str] | None, typer.Option(help="Keep only the largest component of these classes.")
+    ] = None,
     worst_k: Annotated[int, typer.Option(help="Worst and best images to picture.")] = 8,
 ) -> None:
     """Score a model on a dataset split: metrics.json, per_image.csv and report.html."""
@@ -95,11 +122,19 @@ def eval_(
         roi=roi,
         backend=backend,
         device=device,
-        tta=parse_tta(tta),
+        tta=tta,
         worst_k=worst_k,
         progress=True,
         precision=precision,
         threads=threads,
+        combine=combine,
+        tile=tile,
+        overlap=overlap,
+        batch=batch,
+        threshold=threshold,
+        min_size=min_size or [],
+        fill_holes=fill_holes or [],
+        keep_largest=keep_largest or [],
     )
     m = result.metrics
     table = Table(title=f"{m['bundle']['name']} on {m['dataset']['name']}/{m['split']}: "
@@ -118,6 +153,7 @@ def eval_(
         soft_wrap=True,
     )
     con.print(f"pixel accuracy {_fmt(m['micro']['accuracy'])} (micro)", soft_wrap=True)
+    con.print(f"applied: {_applied(m['settings'])}", soft_wrap=True)
     con.print(f"report: {result.report}", soft_wrap=True)
 
 
