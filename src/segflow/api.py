@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from segflow.data.qa import CheckResult
     from segflow.data.splits import SplitResult
     from segflow.evaluate.evaluator import EvalResult
+    from segflow.evaluate.tuning import TuneResult
     from segflow.models.bundle import ExportInfo
     from segflow.train.planner import Plan
 
@@ -298,6 +299,46 @@ def evaluate(
         fill_holes=fill_holes,
         keep_largest=keep_largest,
         combine=combine,
+    )
+
+
+def tune(
+    bundle: PathLike,
+    dataset: PathLike,
+    *,
+    split: str = "val",
+    out: PathLike | None = None,
+    in_place: bool = False,
+    backend: str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
+    threads: int | None = None,
+    try_tta: bool = True,
+    margin: float = 0.002,
+    progress: bool = False,
+) -> TuneResult:
+    """``segflow tune BUNDLE DATASET``: choose threshold, TTA and post-processing on ``split``.
+
+    Writes ``NAME.tuned.segflow`` beside the bundle (or ``out``; ``in_place`` updates it),
+    atomically, with the score before and after each step under ``tuning:`` in ``bundle.yaml``.
+    A step is kept only when it raises the bundle's monitor metric by more than ``margin``
+    (TTA: by more than ``margin`` x its time ratio). See :mod:`segflow.evaluate.tuning`.
+    """
+    from segflow.evaluate.tuning import tune as run_tune
+
+    return run_tune(
+        bundle,
+        dataset,
+        split=split,
+        out=out,
+        in_place=in_place,
+        backend=backend,
+        device=device,
+        precision=precision,
+        threads=threads,
+        try_tta=try_tta,
+        margin=margin,
+        progress=progress,
     )
 
 

@@ -1,4 +1,4 @@
-"""Evaluation command: ``eval``."""
+"""Evaluation commands: ``eval`` and ``tune``."""
 
 from __future__ import annotations
 
@@ -157,6 +157,77 @@ def eval_(
     con.print(f"report: {result.report}", soft_wrap=True)
 
 
+@cli_errors
+def tune(
+    bundle: Annotated[Path, typer.Argument(help="Model bundle folder (NAME.segflow).")],
+    dataset: Annotated[Path, typer.Argument(help="Canonical dataset folder with masks.")],
+    split: Annotated[str, typer.Option(help="The split to tune on (from splits.csv).")] = "val",
+    out: Annotated[
+        Path | None,
+        typer.Option(help="The tuned bundle (default: NAME.tuned.segflow beside BUNDLE)."),
+    ] = None,
+    in_place: Annotated[
+        bool, typer.Option("--in-place", help="Update BUNDLE itself (atomically).")
+    ] = False,
+    try_tta: Annotated[
+        bool, typer.Option(help="Try flip TTA (h,v): a second inference pass.")
+    ] = True,
+    margin: Annotated[
+        float, typer.Option(help="Keep a step only when it raises the score by more than this.")
+    ] = 0.002,
+    backend: Annotated[
+        str,
+        typer.Option(help="auto (the fastest measured here, cached), torch, onnx or openvino."),
+    ] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 where native and safe for the bundle), f32 or bf16.")
+    ] = "auto",
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads (default: the CPUs this process may use).")
+    ] = None,
+    device: Annotated[
+        str, typer.Option(help="auto, cpu, cuda, cuda:1... (torch backend).")
+    ] = "auto",
+) -> None:
+    """Choose the threshold, flip TTA and post-processing on a validation split."""
+    from segflow.api import tune as run_tune
+
+    show_backend_choice()
+    result = run_tune(
+        bundle,
+        dataset,
+        split=split,
+        out=out,
+        in_place=in_place,
+        backend=backend,
+        device=device,
+        precision=precision,
+        threads=threads,
+        try_tta=try_tta,
+        margin=margin,
+        progress=True,
+    )
+    console().print(tuning_table(result))
+    console().print(f"tuned bundle: {result.bundle}", soft_wrap=True)
+
+
+def tuning_table(result: Any) -> Any:
+    """A rich table: each step tried, its score before and with it, kept or not."""
+    from rich.table import Table
+
+    table = Table(
+        title=f"{result.metric} on {result.split} ({result.images} images): "
+        f"{_fmt(result.before)} -> {_fmt(result.after)}"
+    )
+    for col in ("step", "class", "value", "before", "with it", "kept", "note"):
+        table.add_column(col, justify="right" if col in ("before", "with it") else "left")
+    for s in result.steps:
+        table.add_row(s.step, s.target, str(s.value), _fmt(s.before), _fmt(s.after),
+                      "yes" if s.kept else "no", s.note)  # fmt: skip
+    return table
+
+
 def register(app: typer.Typer) -> None:
-    """Add the evaluation command to ``app``."""
+    """Add the evaluation commands to ``app``."""
     app.command("eval", no_args_is_help=True)(eval_)
+    app.command("tune", no_args_is_help=True)(tune)

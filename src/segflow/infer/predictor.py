@@ -270,6 +270,18 @@ class Predictor:
             class_probs = class_probs.astype(np.float32)
         return Prediction(postprocess(labels, self.post), class_probs, stem)
 
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Probabilities before threshold and post-processing, at the image's size (float32).
+
+        Binary: ``1 x H x W`` foreground; else ``K x H x W``. An ensemble's are averaged (what
+        ``combine="mean"`` thresholds). The tuner computes these once per validation image.
+        """
+        if image.ndim == 2:
+            image = image[:, :, None]
+        full = [self._member_probs(m, image) for m in self.members]
+        mean = full[0] if len(full) == 1 else np.mean(full, axis=0)
+        return np.asarray(mean, dtype=np.float32)
+
     def predict_path(self, path: str | os.PathLike[str], *, probs: bool = False) -> Prediction:
         """Predict an image file; GeoTIFF georeferencing is kept in ``Prediction.geo``."""
         p = Path(path)
