@@ -131,6 +131,16 @@ def _target(src: Path, out: PathLike | None, in_place: bool) -> Path:
     return target
 
 
+def _stem_samples(
+    ds: CanonicalDataset, stems: Sequence[str], label: str
+) -> tuple[list[Sample], str]:
+    wanted = set(stems)
+    samples = [s for s in ds.labelled_samples(None) if s.stem in wanted]
+    if not samples:
+        raise UsageError(f"{ds.root}: none of the {len(wanted)} {label} images has a mask")
+    return samples, label
+
+
 def _metric(meta: BundleMeta) -> str:
     train = meta.config.get("train", {}) if isinstance(meta.config, dict) else {}
     monitor = str(train.get("monitor", DEFAULT_METRIC))
@@ -263,11 +273,13 @@ def tune(
     try_tta: bool = True,
     margin: float = MARGIN,
     progress: bool = False,
+    stems: Sequence[str] | None = None,
 ) -> TuneResult:
     """Choose threshold, TTA and post-processing on ``split`` and write the tuned bundle.
 
     Writes ``NAME.tuned.segflow`` beside ``bundle`` (or ``out``; ``in_place`` updates
-    ``bundle`` itself), atomically. See the module docstring for the rules.
+    ``bundle`` itself), atomically. See the module docstring for the rules. ``stems`` (training:
+    a fold's validation images) replaces the split's images; ``split`` then only names them.
 
     Raises:
         UsageError: an unknown, empty or unlabelled split; ``out`` exists; both ``out`` and
@@ -286,7 +298,7 @@ def tune(
     check_settings(None, None, None, None, threads)
     ds = dataset if isinstance(dataset, CanonicalDataset) else CanonicalDataset(dataset)
     _check_classes(src / "bundle.yaml", f"model {meta.name!r}", meta.classes, ds)
-    samples, label = _samples(ds, split)
+    samples, label = _samples(ds, split) if stems is None else _stem_samples(ds, stems, split)
     names, ignore = [c.name for c in meta.classes], ds.meta.ignore_index
     metric = _metric(meta)
 
