@@ -157,3 +157,27 @@ def test_cli_prints_the_table_and_writes_beside_the_bundle(
     for needle in ("threshold", "min_size", "fill_holes", "keep_largest", "yes", "no"):
         assert needle in res.stdout, needle
     assert read_bundle_meta(tuned).tuning["steps"][0]["kept"] is True
+
+
+def test_probabilities_stream_in_bands_and_the_tuner_uses_the_bands(
+    setup: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    from segflow.infer.predictor import Predictor
+
+    predictor = Predictor.from_bundles(setup["base"], backend="torch", tta=[])
+    image = np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8)
+    bands = list(predictor.probability_rows(image))
+    assert len(bands) > 1 and bands[0][0] == 0 and bands[-1][1] == 150  # tile rows of 64 px
+    np.testing.assert_array_equal(
+        np.concatenate([b for _, _, b in bands], axis=1), predictor.probabilities(image)
+    )
+
+    def whole(self, image):
+        raise AssertionError("the tuner held a whole float32 probability map")
+
+    monkeypatch.setattr(Predictor, "probabilities", whole)
+    result = tune(setup["shifted"], setup["ds"], out=tmp_path / "t.segflow", backend="torch",
+                  try_tta=False)  # fmt: skip
+    assert abs(result.threshold - BEST) < 0.01

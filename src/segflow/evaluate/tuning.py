@@ -184,16 +184,18 @@ def _infer_pass(
     with ProgressBar(progress, label, len(samples)) as bar:
         for i, s in enumerate(samples):
             image, truth = _read(ds, s, k, ignore)
+            q, labels = np.empty(truth.shape, np.uint8), np.empty(truth.shape, np.uint8)
             started = time.perf_counter()
-            probs = predictor.probabilities(image)
+            for y0, y1, probs in predictor.probability_rows(image):  # float32 one band at a time
+                if binary:
+                    q[y0:y1] = np.minimum(probs[0] * BINS, BINS - 1)  # floor (p >= 0)
+                    labels[y0:y1] = probs[0] > threshold
+                else:
+                    q[y0:y1] = labels[y0:y1] = argmax_classes(probs)
             run.seconds += time.perf_counter() - started
             if binary:
-                q = np.minimum(probs[0] * BINS, BINS - 1).astype(np.uint8)  # floor: p >= 0
                 for t in (0, 1):
                     run.hist[t] += np.bincount(q[truth == t], minlength=BINS)
-                labels = (probs[0] > threshold).astype(np.uint8)
-            else:
-                q = labels = argmax_classes(probs)
             run.base += confusion(truth, labels, k, ignore_index=ignore)
             files = (folder / f"{i:06d}_q.npy", folder / f"{i:06d}_truth.npy")
             np.save(files[0], q, allow_pickle=False)

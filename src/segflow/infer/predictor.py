@@ -282,6 +282,21 @@ class Predictor:
         mean = full[0] if len(full) == 1 else np.mean(full, axis=0)
         return np.asarray(mean, dtype=np.float32)
 
+    def probability_rows(self, image: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+        """:meth:`probabilities` in bands of rows: ``(y0, y1, probs[:, y0:y1])``, top to bottom.
+
+        One model whose preprocessing is per pixel streams them (float32 buffers about one tile
+        row high, the same values as :meth:`probabilities`); otherwise one band, the whole image.
+        """
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if len(self.members) == 1 and _identity(self.members[0], image):
+            m = self.members[0]
+            x, _ = self._prepare(m, image)
+            yield from self._stream(m, x)
+            return
+        yield 0, image.shape[0], self.probabilities(image)
+
     def predict_path(self, path: str | os.PathLike[str], *, probs: bool = False) -> Prediction:
         """Predict an image file; GeoTIFF georeferencing is kept in ``Prediction.geo``."""
         p = Path(path)
