@@ -365,6 +365,8 @@ def evaluate(
     roi_dir = Path(roi) if roi is not None else None
     rois = _roi_files(roi_dir, samples) if roi_dir is not None else {}
     out_dir = Path(out) if out is not None else default_out(bundles, label)
+    if out_dir.exists() and not out_dir.is_dir():  # before any prediction
+        raise UsageError(f"{out_dir}: already exists and is not a folder; choose another --out")
     if predictor is None:
         predictor = options.predictor(bundles)
     if hasattr(predictor, "describe_backends"):  # injected predictors (tests) may not say

@@ -324,12 +324,8 @@ def tune(
         if try_tta:
             other = _infer_pass(predictor(TTA_CANDIDATE), ds, samples, scratch / "tta",
                                 meta.threshold, progress, "tune: TTA")  # fmt: skip
-            after = score(other.threshold_confusion(j) if run.binary else other.base)
-            ratio = other.seconds / max(run.seconds, 1e-9)
-            note = f"{ratio:.1f}x the time: kept when the gain > {margin:g} x {ratio:.1f}"
-            step = Step("tta", "all", ",".join(TTA_CANDIDATE), current, after, False, note)
-            if _keep(steps, step, margin * ratio):
-                run, current, tta = other, after, list(TTA_CANDIDATE)
+            if _tune_tta(run, other, j, current, steps, margin, score):
+                run, current, tta = other, steps[-1].after, list(TTA_CANDIDATE)
         post, current = _tune_post(run, j, names, _min_sizes(run), current, steps, margin,
                                    ignore, score)  # fmt: skip
         result = TuneResult(
@@ -351,6 +347,23 @@ def tune(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return result
+
+
+def _tune_tta(
+    plain: _Pass,
+    other: _Pass,
+    j: int,
+    current: float,
+    steps: list[Step],
+    margin: float,
+    score: Callable[[Any], float],
+) -> bool:
+    """Whether the TTA pass gains more than ``margin`` x its time ratio (at threshold ``j``)."""
+    after = score(other.threshold_confusion(j) if plain.binary else other.base)
+    ratio = other.seconds / max(plain.seconds, 1e-9)
+    note = f"{ratio:.1f}x the time: kept when the gain > {margin:g} x {ratio:.1f}"
+    step = Step("tta", "all", ",".join(TTA_CANDIDATE), current, after, False, note)
+    return _keep(steps, step, margin * ratio)
 
 
 def _tune_threshold(
