@@ -15,7 +15,7 @@ from segflow.evaluate.confusion import confusion
 from segflow.infer.postprocess import postprocess
 from segflow.infer.predictor import Predictor
 from segflow.models.bundle import read_bundle_meta, write_updated_bundle
-from tests.fixtures.bundles import binary_dataset_labelled_by, make_bundle, shifted_bundle
+from tests.fixtures.bundles import dataset_labelled_by, make_bundle, shifted_bundle
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     random = make_bundle(tmp / "random.segflow", classes=2, tile=64)
     base = shifted_bundle(random, tmp / "base.segflow", 0.0, scale=8.0)
     # the truth: the network's masks without their components under 16 px
-    ds = binary_dataset_labelled_by(base, tmp / "ds", post={"min_size": {1: 16}})
+    ds = dataset_labelled_by(base, tmp / "ds", post={"min_size": {1: 16}})
     return {"base": base, "ds": ds, "tmp": tmp}
 
 

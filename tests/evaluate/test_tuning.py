@@ -14,7 +14,7 @@ import pytest
 from segflow.api import evaluate, tune
 from segflow.infer.postprocess import PostProcess
 from segflow.models.bundle import read_bundle_meta
-from tests.fixtures.bundles import binary_dataset_labelled_by, make_bundle, shifted_bundle
+from tests.fixtures.bundles import dataset_labelled_by, make_bundle, shifted_bundle
 
 SHIFT = 2.0
 BEST = 1 / (1 + math.exp(-SHIFT))
@@ -26,7 +26,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     random = make_bundle(tmp / "random.segflow", classes=2, tile=64)
     base = shifted_bundle(random, tmp / "base.segflow", 0.0, scale=8.0)
     shifted = shifted_bundle(random, tmp / "shifted.segflow", SHIFT, scale=8.0)
-    return {"base": base, "shifted": shifted, "ds": binary_dataset_labelled_by(base, tmp / "ds")}
+    return {"base": base, "shifted": shifted, "ds": dataset_labelled_by(base, tmp / "ds")}
 
 
 def _steps(result, kind: str) -> list:
@@ -70,7 +70,7 @@ def test_picks_the_known_better_threshold_and_refuses_steps_that_do_not_help(
 
 def test_keeps_a_min_size_that_helps(tmp_path: Path, setup: dict[str, Path]) -> None:
     post = {"min_size": {1: 16}}
-    ds = binary_dataset_labelled_by(setup["base"], tmp_path / "ds", post=post)
+    ds = dataset_labelled_by(setup["base"], tmp_path / "ds", post=post)
     result = tune(setup["base"], ds, out=tmp_path / "t.segflow", backend="torch", try_tta=False)
     (step,) = _steps(result, "min_size")
     assert step.kept and step.value == 16 and step.after > step.before + 0.002
@@ -181,3 +181,19 @@ def test_probabilities_stream_in_bands_and_the_tuner_uses_the_bands(
     result = tune(setup["shifted"], setup["ds"], out=tmp_path / "t.segflow", backend="torch",
                   try_tta=False)  # fmt: skip
     assert abs(result.threshold - BEST) < 0.01
+
+
+def test_multiclass_has_no_threshold_and_tunes_each_class(tmp_path: Path) -> None:
+    random = make_bundle(tmp_path / "random.segflow", classes=3, tile=64)
+    base = shifted_bundle(random, tmp_path / "base.segflow", 0.0, scale=8.0)
+    ds = dataset_labelled_by(base, tmp_path / "ds", post={"min_size": {2: 16}})
+    result = tune(base, ds, out=tmp_path / "t.segflow", backend="torch", try_tta=False)
+    assert result.threshold is None and not _steps(result, "threshold")
+    by_class = {s.target: s for s in _steps(result, "min_size")}
+    assert set(by_class) == {"c1", "c2"}
+    # the smallest size that reproduces the truth wins (no c2 component has 8..15 px here)
+    assert by_class["c2"].kept and by_class["c2"].after == 1.0 and by_class["c2"].value <= 16
+    assert result.postprocess.min_size.get(2) == by_class["c2"].value
+    assert read_bundle_meta(tmp_path / "t.segflow").tuning["after"] == pytest.approx(
+        result.after, abs=1e-6
+    )
