@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         predict,
         serve,
         split,
+        tune,
     )
     from segflow.config import SegflowConfig, load_config
     from segflow.data.dataset import CanonicalDataset, DatasetMeta, SegmentationDataset
@@ -41,6 +42,7 @@ _EXPORTS = {
     "plan": "segflow.api",
     "predict": "segflow.api",
     "serve": "segflow.api",
+    "tune": "segflow.api",
     "create_app": "segflow.serve",
     "Predictor": "segflow.infer.predictor",
     "train": "segflow.train.runner",
@@ -78,6 +80,7 @@ __all__ = [
     "serve",
     "split",
     "train",
+    "tune",
 ]
 
 

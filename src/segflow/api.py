@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from segflow.data.qa import CheckResult
     from segflow.data.splits import SplitResult
     from segflow.evaluate.evaluator import EvalResult
+    from segflow.evaluate.tuning import TuneResult
     from segflow.models.bundle import ExportInfo
     from segflow.train.planner import Plan
 
@@ -184,56 +185,37 @@ def predict(
     """
     from segflow._progress import ProgressBar
     from segflow.errors import UsageError
+    from segflow.infer.options import InferenceOptions
     from segflow.infer.outputs import write_coco, write_prediction
-    from segflow.infer.postprocess import PostProcess, parse_class_list, parse_min_size
-    from segflow.infer.predictor import Predictor, expand_inputs
+    from segflow.infer.predictor import expand_inputs
     from segflow.models.bundle import read_bundle_meta
 
     paths = (
         [Path(bundles)] if isinstance(bundles, str | os.PathLike) else [Path(b) for b in bundles]
     )
-    if combine not in ("mean", "vote"):
-        raise UsageError(f"--combine {combine!r}: use mean or vote")
     if polygons not in (None, "geojson", "coco"):
         raise UsageError(f"--polygons {polygons!r}: use geojson or coco")
     out_dir = Path(out)
-    flips: list[str] | None = None
-    if isinstance(tta, str):
-        flips = (
-            [] if tta.strip() in ("", "none") else [t.strip() for t in tta.split(",") if t.strip()]
-        )
-    elif tta is not None:
-        flips = list(tta)
     files = expand_inputs(inputs)  # inputs whose outputs would collide refused here
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir}: --out is a file, not a folder")
-    meta = read_bundle_meta(paths[0])
-    names = [c.name for c in meta.classes]
-    base = PostProcess.model_validate(meta.postprocess or {})
-    post = PostProcess(
-        min_size={**base.min_size, **parse_min_size(list(min_size), names)},
-        fill_holes=sorted(
-            set(base.fill_holes) | set(parse_class_list(list(fill_holes), names, "--fill-holes"))
-        ),
-        keep_largest=sorted(
-            set(base.keep_largest)
-            | set(parse_class_list(list(keep_largest), names, "--keep-largest"))
-        ),
-    )
-    predictor = Predictor.from_bundles(
-        paths,
+    options = InferenceOptions.from_flags(
+        read_bundle_meta(paths[0]),
         backend=backend,
-        device=device,
-        tta=flips,
-        tile_size=tile,
-        overlap=overlap,
-        batch_size=batch,
-        threshold=threshold,
-        postprocess=post,
-        combine=combine,  # type: ignore[arg-type]
         precision=precision,
+        device=device,
         threads=threads,
+        tile=tile,
+        overlap=overlap,
+        batch=batch,
+        tta=tta,
+        threshold=threshold,
+        min_size=min_size,
+        fill_holes=fill_holes,
+        keep_largest=keep_largest,
+        combine=combine,
     )
+    predictor = options.predictor(paths)
     logging.getLogger("segflow.infer.backend").info("%s", predictor.describe_backends())
     written = []
     kept = []
@@ -271,13 +253,25 @@ def evaluate(
     roi: PathLike | None = None,
     backend: str = "auto",
     device: str = "auto",
-    tta: Sequence[str] | None = None,
+    tta: str | Sequence[str] | None = None,
     worst_k: int = 8,
     progress: bool = False,
     precision: str = "auto",
     threads: int | None = None,
+    tile: int | None = None,
+    overlap: float | None = None,
+    batch: int | None = None,
+    threshold: float | None = None,
+    min_size: Sequence[str] = (),
+    fill_holes: Sequence[str] = (),
+    keep_largest: Sequence[str] = (),
+    combine: str = "mean",
 ) -> EvalResult:
     """``segflow eval BUNDLE DATASET``: a list of bundles is an ensemble (``--with``).
+
+    The inference flags are those of :func:`predict`, parsed by the same code; left unset, eval
+    applies what the bundle ships (its TTA, threshold and post-processing), so it scores exactly
+    what ``predict`` writes. ``metrics.json`` says which settings were applied (``settings``).
 
     Returns the metrics (``.metrics``, as in ``metrics.json``), the per-image rows, the output
     folder and the report path. See :func:`segflow.evaluate.evaluator.evaluate`.
@@ -297,6 +291,54 @@ def evaluate(
         progress=progress,
         precision=precision,
         threads=threads,
+        tile=tile,
+        overlap=overlap,
+        batch=batch,
+        threshold=threshold,
+        min_size=min_size,
+        fill_holes=fill_holes,
+        keep_largest=keep_largest,
+        combine=combine,
+    )
+
+
+def tune(
+    bundle: PathLike,
+    dataset: PathLike,
+    *,
+    split: str = "val",
+    out: PathLike | None = None,
+    in_place: bool = False,
+    backend: str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
+    threads: int | None = None,
+    try_tta: bool = True,
+    margin: float = 0.002,
+    progress: bool = False,
+) -> TuneResult:
+    """``segflow tune BUNDLE DATASET``: choose threshold, TTA and post-processing on ``split``.
+
+    Writes ``NAME.tuned.segflow`` beside the bundle (or ``out``; ``in_place`` updates it),
+    atomically, with the score before and after each step under ``tuning:`` in ``bundle.yaml``.
+    A step is kept only when it raises the bundle's monitor metric by more than ``margin``
+    (TTA: by more than ``margin`` x its time ratio). See :mod:`segflow.evaluate.tuning`.
+    """
+    from segflow.evaluate.tuning import tune as run_tune
+
+    return run_tune(
+        bundle,
+        dataset,
+        split=split,
+        out=out,
+        in_place=in_place,
+        backend=backend,
+        device=device,
+        precision=precision,
+        threads=threads,
+        try_tta=try_tta,
+        margin=margin,
+        progress=progress,
     )
 
 

@@ -304,6 +304,12 @@ class TrainConfig(_Section):
         lt=1,
         description="SWA: share of the run (steps or, with max_minutes, time) before averaging starts",
     )
+    tune: bool = Field(
+        True,
+        description="after training, choose the bundle's threshold, flip TTA and post-processing "
+        "on the validation split (segflow tune --in-place; each step kept only when it raises "
+        "the monitor by > 0.002); the planner leaves time for it. A failed tune only warns",
+    )
     deep_supervision: int = Field(
         0,
         ge=0,

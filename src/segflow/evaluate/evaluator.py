@@ -302,12 +302,13 @@ def evaluate(
     roi: PathLike | None = None,
     backend: str = "auto",
     device: str = "auto",
-    tta: Sequence[str] | None = None,
+    tta: str | Sequence[str] | None = None,
     predictor: PredictorLike | None = None,
     worst_k: int = 8,
     progress: bool = False,
     precision: str = "auto",
     threads: int | None = None,
+    **inference: Any,
 ) -> EvalResult:
     """Score a bundle (or an ensemble: a list of bundles) on a split of a canonical dataset.
 
@@ -323,6 +324,12 @@ def evaluate(
         backend: ``auto``, ``torch``, ``onnx`` or ``openvino`` (see the Predictor).
         device: ``auto``, ``cpu``, ``cuda``... for the torch backend.
         tta: flips averaged in (``h``, ``v``, ``hv``); None keeps the bundle's, ``[]`` turns TTA off.
+        inference: the other inference flags of ``predict`` (``tile``, ``overlap``, ``batch``,
+            ``threshold``, ``min_size``, ``fill_holes``, ``keep_largest``, ``combine``), parsed
+            and merged with the bundle's settings by
+            :meth:`~segflow.infer.options.InferenceOptions.from_flags`: by default eval scores
+            what the bundle ships (its threshold and post-processing). ``metrics.json`` records
+            the settings applied under ``settings``.
         predictor: a ready predictor to use instead of building one (tests inject fakes).
         worst_k: how many worst and best images to picture.
         progress: draw a progress bar on stderr.
@@ -330,9 +337,10 @@ def evaluate(
         threads: CPU threads of onnxruntime / OpenVINO (default: the CPUs this process may use).
 
     Raises:
-        UsageError: unknown or empty split, no ``splits.csv``.
+        UsageError: unknown or empty split, no ``splits.csv``, an inference flag out of range.
         DataError: model and dataset classes differ, a ROI mask is missing, a file is broken.
     """
+    from segflow.infer.options import InferenceOptions
     from segflow.models.bundle import read_bundle_meta
     from segflow.report.eval_report import (
         case_picture,
@@ -347,6 +355,10 @@ def evaluate(
         raise UsageError(f"worst_k must be >= 0, got {worst_k}")
     ds = dataset if isinstance(dataset, CanonicalDataset) else CanonicalDataset(dataset)
     metas = [read_bundle_meta(b) for b in bundles]
+    options = InferenceOptions.from_flags(
+        metas[0], backend=backend, device=device, tta=tta, precision=precision, threads=threads,
+        **inference,
+    )  # fmt: skip
     for path, meta in zip(bundles, metas, strict=True):
         _check_classes(path / "bundle.yaml", f"model {meta.name!r}", meta.classes, ds)
     samples, label = _samples(ds, split)
@@ -356,11 +368,7 @@ def evaluate(
     if out_dir.exists() and not out_dir.is_dir():  # before the backend is chosen (measured)
         raise UsageError(f"{out_dir}: already exists and is a file; --out must be a folder")
     if predictor is None:
-        from segflow.infer.predictor import Predictor
-
-        predictor = Predictor.from_bundles(
-            bundles, backend=backend, device=device, tta=tta, precision=precision, threads=threads
-        )
+        predictor = options.predictor(bundles)
     if hasattr(predictor, "describe_backends"):  # injected predictors (tests) may not say
         logging.getLogger("segflow.infer.backend").info("%s", predictor.describe_backends())
     _check_classes(bundles[0], "predictor", list(predictor.classes), ds)
@@ -421,12 +429,7 @@ def evaluate(
         "split": label,
         "n_images": len(samples),
         "roi": str(roi_dir.absolute()) if roi_dir is not None else None,
-        "settings": {
-            "backend": str(getattr(predictor, "backend_name", backend)),
-            "precision": str(getattr(predictor, "precision", precision)),
-            "device": device,
-            "tta": None if tta is None else list(tta),
-        },
+        "settings": options.applied(predictor, metas[0]),
         "classes": [c.model_dump(mode="json") for c in classes],
         "counts": _counts(acc, names),
         **evaluation_metrics(acc.total, stack, names),

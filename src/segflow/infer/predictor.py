@@ -270,6 +270,33 @@ class Predictor:
             class_probs = class_probs.astype(np.float32)
         return Prediction(postprocess(labels, self.post), class_probs, stem)
 
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Probabilities before threshold and post-processing, at the image's size (float32).
+
+        Binary: ``1 x H x W`` foreground; else ``K x H x W``. An ensemble's are averaged (what
+        ``combine="mean"`` thresholds). The tuner computes these once per validation image.
+        """
+        if image.ndim == 2:
+            image = image[:, :, None]
+        full = [self._member_probs(m, image) for m in self.members]
+        mean = full[0] if len(full) == 1 else np.mean(full, axis=0)
+        return np.asarray(mean, dtype=np.float32)
+
+    def probability_rows(self, image: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+        """:meth:`probabilities` in bands of rows: ``(y0, y1, probs[:, y0:y1])``, top to bottom.
+
+        One model whose preprocessing is per pixel streams them (float32 buffers about one tile
+        row high, the same values as :meth:`probabilities`); otherwise one band, the whole image.
+        """
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if len(self.members) == 1 and _identity(self.members[0], image):
+            m = self.members[0]
+            x, _ = self._prepare(m, image)
+            yield from self._stream(m, x)
+            return
+        yield 0, image.shape[0], self.probabilities(image)
+
     def predict_path(self, path: str | os.PathLike[str], *, probs: bool = False) -> Prediction:
         """Predict an image file; GeoTIFF georeferencing is kept in ``Prediction.geo``."""
         p = Path(path)

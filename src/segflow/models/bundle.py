@@ -161,6 +161,11 @@ class BundleMeta(_Strict):
     exports: dict[str, ExportInfo] = Field(
         default_factory=dict, description="exported model files by format (onnx, torchscript)"
     )
+    tuning: dict[str, Any] = Field(
+        default_factory=dict,
+        description="how segflow tune chose threshold, TTA and post-processing on a validation "
+        "split: the score before and after each step (empty: never tuned)",
+    )
 
     @field_validator("arch")
     @classmethod
@@ -452,6 +457,40 @@ def record_export(path: str | os.PathLike[str], info: ExportInfo) -> BundleMeta:
     updated = BundleMeta.model_validate({**meta.model_dump(), "exports": exports})
     atomic_write_text(folder / META_FILE, _dump_meta(updated))
     return updated
+
+
+def write_updated_bundle(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], meta: BundleMeta
+) -> Path:
+    """Copy bundle ``src`` to ``dst`` with ``meta`` as its ``bundle.yaml``, atomically.
+
+    The weights and export files are copied unchanged (``meta`` must keep their sha256s); the
+    copy is written into a temporary sibling folder and renamed into place, so ``dst`` is either
+    the old bundle or the complete new one. ``dst == src`` updates the bundle in place.
+    """
+    folder, target = _bundle_folder(src), Path(dst)
+    if meta.weights_sha256 != read_bundle_meta(folder).weights_sha256:
+        raise UsageError(f"{target}: the new bundle.yaml describes other weights")
+    parent = target.absolute().parent
+    tmp = parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        shutil.copytree(folder, tmp)
+        atomic_write_text(tmp / META_FILE, _dump_meta(BundleMeta.model_validate(meta.model_dump())))
+        if target.exists():
+            old = parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            target.rename(old)
+            try:
+                tmp.rename(target)
+            except BaseException:
+                old.rename(target)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def export_file(path: str | os.PathLike[str], meta: BundleMeta, format: str) -> Path:

@@ -45,6 +45,26 @@ CPU_TRUST = 3.0
 CPU_BF16_COST = (0.5, 0.5)
 
 
+#: Inference passes of ``segflow tune`` over the validation split, in plain-pass units: the
+#: plain pass, then flip TTA ``h,v`` (3 forward passes per tile).
+TUNE_PASSES = 4
+#: Post-processing candidates tuned per foreground class (min sizes, fill holes, keep largest),
+#: each a connected-components pass over the split: ~20 ns per pixel on the 2-core dev CPU.
+TUNE_CANDIDATES, TUNE_POST_S_PER_PX = 12, 2e-8
+
+
+def tune_seconds(val_s: float, val_px: float, tile: int, side: float, classes: int) -> float:
+    """Seconds ``train.tune`` needs after training: its passes over the validation split.
+
+    ``val_s`` is one validation pass over whole images; images larger than ``tile`` are
+    predicted in tiles overlapping by 0.25, which covers each pixel ~1.8x; ``side`` is the
+    median image side. Plus the post-processing grid, per foreground class.
+    """
+    tiling = (1 / 0.75) ** 2 if side > tile else 1.0
+    post = TUNE_CANDIDATES * max(classes - 1, 1) * val_px * TUNE_POST_S_PER_PX
+    return TUNE_PASSES * tiling * val_s + post
+
+
 def parse_budget(text: str) -> float:
     """``"90s"``, ``"10m"``, ``"1h"``, ``"1h30m"``, ``"1.5h"``, ``"2d"`` -> seconds.
 

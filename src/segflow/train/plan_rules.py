@@ -25,6 +25,7 @@ from segflow.train.plan_cost import (
     DeviceInfo,
     StepTimer,
     format_seconds,
+    tune_seconds,
 )
 
 #: A class whose median structure width is at most this many pixels is thin (vessels, cracks).
@@ -450,7 +451,12 @@ def choose_epochs(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
     val_s = val_px * ctx.timer.infer_pixel(model, channels, classes, precision=precision)
     val_s = (val_s + val_px * VALIDATION_EXTRA[dev.kind]) * SAFETY[dev.kind]
     setup_s = SETUP_SECONDS[dev.kind] + 0.05 * ctx.train_images * median_pixels(fp) / 1e6
-    fit_s = max(ctx.budget_s - setup_s, 0.5 * ctx.budget_s)
+    tune_s = (
+        tune_seconds(val_s, val_px, tile, math.sqrt(median_pixels(fp)), classes)
+        if _get(chosen, "train.tune") and ctx.val_images
+        else 0.0
+    )
+    fit_s = max(ctx.budget_s - setup_s - tune_s, 0.5 * ctx.budget_s)
     usable = BUDGET_FILL * fit_s
     every = max(1, math.ceil(val_s / (VALIDATION_SHARE * (steps * step_s + 1.0))))
     settings: dict[str, Any] = {}
@@ -487,7 +493,8 @@ def choose_epochs(ctx: PlanContext, chosen: Mapping[str, Any]) -> Decision:
         f"~{step_s:.2f} s ({ctx.timer.source}, "
         f"x{SAFETY[dev.kind]} margin), validation ~{val_s:.0f} s"
         f"{f' every {every} epochs' if every > 1 else ''}: in {format_seconds(fit_s)} of training "
-        f"(budget {format_seconds(ctx.budget_s)} minus ~{setup_s:.0f} s start-up; planned to "
+        f"(budget {format_seconds(ctx.budget_s)} minus ~{setup_s:.0f} s start-up"
+        f"{f' and ~{tune_s:.0f} s for train.tune' if tune_s else ''}; planned to "
         f"{BUDGET_FILL:.0%}) {fits}; train.max_minutes stops the run at the budget regardless"
     )
     return Decision(

@@ -522,6 +522,8 @@ def _fit(
     if rank_zero:
         from segflow.export.onnx import export_after_training
 
+        if t.tune and stems["val"] and (run_dir / "best.segflow").is_dir():
+            tune_after_training(run_dir / "best.segflow", dataset, stems["val"], progress)
         export_after_training(run_dir / "best.segflow")  # fast backends out of the box
         _write_state(run_dir, run_name, cfg, tracking, status="finished", best=best_cb.best,
                      epochs=trainer.current_epoch, world_size=trainer.world_size,
@@ -538,6 +540,30 @@ def _fit(
         metrics,
         trainer.current_epoch,
     )
+
+
+def tune_after_training(
+    bundle: Path, dataset: CanonicalDataset, val: Sequence[str], progress: bool
+) -> None:
+    """``segflow tune --in-place`` on the run's bundle and validation images; failure only warns.
+
+    Threshold, TTA and post-processing are ``bundle.yaml`` fields, not part of the network, so
+    the ONNX export made after this is the same either way.
+    """
+    from segflow.evaluate.tuning import tune
+
+    try:
+        result = tune(bundle, dataset, in_place=True, backend="torch", stems=val, progress=progress)
+    except Exception as exc:  # a failed tune must not fail a finished training run
+        log.warning(
+            "tuning the bundle on the validation images failed (%s): %s keeps its threshold "
+            "and post-processing; retry with `segflow tune %s DATASET --in-place`",
+            " ".join(str(exc).split()) or type(exc).__name__, bundle, bundle,
+        )  # fmt: skip
+        return
+    kept = [f"{s.step}={s.value}" for s in result.steps if s.kept] or ["nothing"]
+    log.info("tuned %s on %d validation images: %s %.4f -> %.4f (kept %s)", bundle,
+             result.images, result.metric, result.before, result.after, ", ".join(kept))  # fmt: skip
 
 
 def _write_state(
