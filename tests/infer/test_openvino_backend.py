@@ -29,13 +29,13 @@ TINY = ROOT / "tests" / "fixtures" / "configs" / "tiny.yaml"
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.ndarray]]:
-    """A bundle trained for 4 epochs by `segflow train` (exported to ONNX at the end) + images."""
+    """A bundle trained for 12 epochs by `segflow train` (exported to ONNX at the end) + images."""
     from segflow.train.runner import train
 
     tmp = tmp_path_factory.mktemp("ov")
     ds = make_dataset(tmp / "ds", n=16, size=(96, 128), num_classes=3, seed=1)
     make_splits(ds, val=0.25, test=0.0, seed=0)
-    result = train(TINY, data=ds, overrides=[f"train.output={tmp / 'runs'}", "train.epochs=4"])
+    result = train(TINY, data=ds, overrides=[f"train.output={tmp / 'runs'}", "train.epochs=12"])
     bundle = Path(result.bundle)  # type: ignore[union-attr]
     images = [read_image(p) for p in sorted((ds / "images").iterdir())[:6]]
     return bundle, images

@@ -24,7 +24,7 @@ def test_the_plan_leaves_time_for_tune() -> None:
     timer = _FixedTimer(0.5, px=1e-6)
     on = P.Planner().plan(_ctx(fp, budget_s=1200.0, timer=timer))
     off = P.Planner().plan(_ctx(fp, budget_s=1200.0, timer=timer, fixed={"train.tune": False}))
-    val_s = 8 * 960 * 1000 * 1e-6 * R.SAFETY["cpu"]
+    val_s = 8 * 960 * 1000 * (1e-6 + R.VALIDATION_EXTRA["cpu"]) * R.SAFETY["cpu"]
     tune_s = C.tune_seconds(val_s, 8 * 960 * 1000, int(on.settings["data.tile_size"]),
                             math.sqrt(960 * 1000), 2)  # fmt: skip
     assert tune_s > C.TUNE_PASSES * val_s  # 960 px images in smaller tiles: tiling counted
