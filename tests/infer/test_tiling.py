@@ -1,12 +1,10 @@
-"""Tiling primitives: coverage, even spread, Gaussian weights, sliding-window equivalence."""
+"""Tiling primitives: coverage, even spread, Gaussian weights."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from segflow.infer.sliding import sliding_window
 from segflow.infer.tiling import gaussian_weights, padded_size, tile_origins, tile_starts
 
 
@@ -47,18 +45,3 @@ def test_gaussian_weights() -> None:
     assert w.shape == (64, 32) and w.dtype == np.float32
     assert w.max() == pytest.approx(1.0) and w.min() >= 1e-3
     assert w[32, 16] > w[0, 0] and np.allclose(w, w[::-1, ::-1])
-
-
-def test_sliding_window_equals_whole_image_for_pointwise_model() -> None:
-    torch.manual_seed(0)
-    image = torch.rand(3, 150, 97)
-
-    def predict(batch: torch.Tensor) -> torch.Tensor:  # a 1x1 "network": exact under any tiling
-        return torch.stack([batch.sum(1), batch[:, 0]], dim=1)
-
-    tiled = sliding_window(predict, image, tile=64, overlap=0.5, batch_size=3)
-    whole = predict(image[None])[0]
-    assert tiled.shape == (2, 150, 97)
-    assert torch.allclose(tiled, whole, atol=1e-5)
-    const = sliding_window(predict, image, tile=64, overlap=0.25, blend="constant")
-    assert torch.allclose(const, whole, atol=1e-5)

@@ -542,16 +542,16 @@ def test_large_images_train_on_crops_and_validate_in_tiles(
     cli, tmp_path: Path, monkeypatch
 ) -> None:
     """A 600 x 800 image is never resized: 64 px training crops, tiled whole-image validation."""
-    import segflow.train.task as task_module
+    from segflow.infer.predictor import Predictor
 
     calls: list[tuple[int, ...]] = []
-    real = task_module.sliding_window
+    real = Predictor.network_probabilities
 
-    def spy(predict, image, **kw):
-        calls.append(tuple(image.shape))
-        return real(predict, image, **kw)
+    def spy(self, x):
+        calls.append(tuple(x.shape))
+        return real(self, x)
 
-    monkeypatch.setattr(task_module, "sliding_window", spy)
+    monkeypatch.setattr(Predictor, "network_probabilities", spy)
     ds = _dataset(tmp_path, n=4, size=(600, 800))
     res, run = _train(
         cli, tmp_path, ds, "--set", "data.val_tile_threshold=256", "--set", "data.crops_per_image=4"

@@ -1,1 +1,1 @@
-"""Inference: tiling maths (pure functions), sliding-window prediction, the Predictor."""
+"""Inference: tiling maths (pure functions), backends, the Predictor (sliding-window prediction)."""

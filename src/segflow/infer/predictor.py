@@ -221,6 +221,28 @@ class Predictor:
         )
         return cls(members, combine=combine, threshold=threshold, post=post)
 
+    @classmethod
+    def for_network(cls, backend: Backend, meta: BundleMeta) -> Predictor:
+        """A Predictor over a live network, as ``meta``'s bundle will predict (no post-processing).
+
+        Training's validation uses it on inputs the data pipeline already normalised
+        (:meth:`network_probabilities`), so a validation image is tiled, blended and thresholded
+        by the same code as ``segflow predict`` and ``segflow eval``.
+        """
+        settings = meta.inference
+        pre = Preprocessor(_preprocess_config(meta), meta.in_channels, meta.normalization)
+        member = _Member(
+            meta=meta,
+            backend=backend,
+            preprocessor=pre,
+            tile=settings.tile_size,
+            overlap=settings.overlap,
+            blend=settings.blend,
+            batch=settings.batch_size,
+            tta=tuple(settings.tta),
+        )
+        return cls([member], post=PostProcess())
+
     @property
     def backend_name(self) -> str:
         """The backend of the first model (``torch``, ``onnx`` or ``openvino``)."""
@@ -281,6 +303,24 @@ class Predictor:
         full = [self._member_probs(m, image) for m in self.members]
         mean = full[0] if len(full) == 1 else np.mean(full, axis=0)
         return np.asarray(mean, dtype=np.float32)
+
+    def network_probabilities(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`probabilities` of an input already preprocessed (``C x H x W`` float32).
+
+        The first model's tiling and blending, no preprocessing and no geometry restored: the
+        input is what the network takes (training's validation batches).
+        """
+        m = self.members[0]
+        if x.ndim != 3 or x.shape[0] != m.meta.in_channels:
+            raise DataError(None, f"expected a {m.meta.in_channels} x H x W input, got {x.shape}")
+        out = np.empty((m.channels, *x.shape[1:]), dtype=np.float32)
+        for y0, y1, strip in self._stream(m, NetworkInput(np.ascontiguousarray(x, np.float32))):
+            out[:, y0:y1] = strip
+        return out
+
+    def labels_from_probs(self, probs: np.ndarray) -> np.ndarray:
+        """Class ids of probabilities: ``p > threshold`` (binary) or the most probable class."""
+        return self._labels_from_probs(probs)
 
     def probability_rows(self, image: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
         """:meth:`probabilities` in bands of rows: ``(y0, y1, probs[:, y0:y1])``, top to bottom.

@@ -418,6 +418,7 @@ def _fit(
             },
         )
 
+    task.inference_meta = lambda: make_meta({})  # tiled validation predicts as the bundle will
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightning as L
 import numpy as np
@@ -13,7 +14,10 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from segflow.config import SegflowConfig
 from segflow.evaluate.metrics import summary
-from segflow.infer.sliding import sliding_window
+
+if TYPE_CHECKING:
+    from segflow.infer.predictor import Predictor
+    from segflow.models.bundle import BundleMeta
 
 log = logging.getLogger("segflow.train")
 
@@ -54,6 +58,9 @@ class SegmentationTask(L.LightningModule):
         self.task: Task = task
         self.ignore_index = ignore_index
         self.threshold = 0.5
+        #: The bundle this run will save (set by the runner): tiled validation predicts with it.
+        self.inference_meta: Callable[[], BundleMeta] | None = None
+        self._predictor: Predictor | None = None
         self.init_messages: list[str] = []
         self.configure_models(in_channels, pretrained)
         self.configure_deep_supervision()
@@ -193,23 +200,46 @@ class SegmentationTask(L.LightningModule):
             return (torch.sigmoid(logits[:, 0]) > self.threshold).long()
         return logits.argmax(dim=1)
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Whole-image logits; images with a side above ``val_tile_threshold`` go in tiles."""
+    def _evaluate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validation/test logits and class ids of a batch.
+
+        Images no larger than ``data.val_tile_threshold`` go through the network whole, a batch
+        at a time (the planner's speed setting). Larger ones are tiled, blended and thresholded
+        by the Predictor, the code ``segflow predict`` and ``segflow eval`` run with the bundle
+        this run saves; their loss is taken on the blended probabilities (as logits: logit or
+        log of them), since blended logits are not what prediction thresholds.
+        """
         if max(x.shape[-2:]) <= self.cfg.data.val_tile_threshold:
             whole: torch.Tensor = self(x)
-            return whole
-        return torch.stack(
-            [
-                sliding_window(self, img, tile=self.cfg.data.tile_size, overlap=0.25, batch_size=2)
-                for img in x
-            ]
-        )
+            return whole, self.labels(whole)
+        predictor = self.predictor()
+        probs = np.stack([predictor.network_probabilities(img) for img in x.float().cpu().numpy()])
+        labels = np.stack([predictor.labels_from_probs(p) for p in probs])
+        p = torch.from_numpy(probs).to(x.device)
+        logits = torch.logit(p, eps=1e-6) if self.task == "binary" else p.clamp_min(1e-12).log()
+        return logits, torch.from_numpy(labels).to(x.device).long()
+
+    def predictor(self) -> Predictor:
+        """The Predictor over this network with the settings of the bundle the run will save."""
+        if self._predictor is None:
+            from segflow.infer.predictor import Predictor
+
+            if self.inference_meta is None:
+                raise RuntimeError(
+                    "SegmentationTask.inference_meta is not set (the runner sets it)"
+                )
+            self._predictor = Predictor.for_network(_LiveNetwork(self), self.inference_meta())
+        return self._predictor
 
     # -- steps ---------------------------------------------------------------------------------
     def _shared_step(self, batch: dict[str, Any], stage: Stage) -> torch.Tensor:
         x, y = batch["image"], batch["mask"]
         self._aux_outputs = []
-        logits = self(x) if stage == "train" else self._logits(x)
+        preds: torch.Tensor | None = None
+        if stage == "train":
+            logits = self(x)
+        else:
+            logits, preds = self._evaluate(x)
         loss: torch.Tensor
         loss, parts = self.criterion(logits, y)
         if stage == "train" and len(self.aux_heads):
@@ -236,8 +266,7 @@ class SegmentationTask(L.LightningModule):
         else:
             for name, value in parts.items():
                 self.log(f"{stage}/loss_{name}", value, on_epoch=True, batch_size=n, sync_dist=True)
-        if stage != "train":
-            preds = self.labels(logits)
+        if preds is not None:
             self._confusion(stage).update(preds, y)
             if stage == "val" and len(self.captured) < self.cfg.tracking.num_images:
                 for i in range(min(n, self.cfg.tracking.num_images - len(self.captured))):
@@ -302,3 +331,19 @@ class SegmentationTask(L.LightningModule):
         values = summary(cm, self.class_names, prefix=f"{stage}/")
         # NaN (class absent from truth and prediction) is logged as such; the monitor uses the mean.
         self.log_dict({k: float(v) for k, v in values.items()}, sync_dist=False)
+
+
+class _LiveNetwork:
+    """The network being trained as a Predictor backend: numpy tiles in, float32 logits out."""
+
+    name = "torch"
+
+    def __init__(self, task: SegmentationTask) -> None:
+        self.task = task
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Logits for the batch, under whatever autocast the caller (Lightning) runs."""
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.task.device)
+        with torch.no_grad():
+            out: np.ndarray = self.task(x).float().cpu().numpy()
+        return out
