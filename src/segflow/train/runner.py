@@ -516,8 +516,9 @@ def _fit(
             if rank_zero:
                 _write_state(run_dir, run_name, cfg, tracking, status="failed")
             raise
-    # One final checkpoint so a finished run can be continued (--resume RUN --set train.epochs=N).
-    trainer.save_checkpoint(run_dir / "checkpoints" / "final.ckpt")
+    # One final checkpoint so a finished run can be continued (--resume RUN --set train.epochs=N):
+    # the full state (optimiser, loops, callbacks), said explicitly (Lightning logs the default).
+    trainer.save_checkpoint(run_dir / "checkpoints" / "final.ckpt", weights_only=False)
     best_cb = next(c for c in callbacks if isinstance(c, BestBundle))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if rank_zero:
