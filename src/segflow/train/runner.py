@@ -510,11 +510,12 @@ def _fit(
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
         try:
             trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
-        except BaseException:
+        except BaseException as exc:
             if tracking is not None:
                 tracking.finish("FAILED")
             if rank_zero:
                 _write_state(run_dir, run_name, cfg, tracking, status="failed")
+            _reraise_interrupt(exc, run_dir)
             raise
     # One final checkpoint so a finished run can be continued (--resume RUN --set train.epochs=N):
     # the full state (optimiser, loops, callbacks), said explicitly (Lightning logs the default).
@@ -605,3 +606,23 @@ def _write_state(
     if precision is not None:
         state["precision"] = precision
     atomic_write_text(path, json.dumps(state, indent=2))
+
+
+def _reraise_interrupt(exc: BaseException, run_dir: Path) -> None:
+    """Ctrl-C / SIGTERM in ``trainer.fit``: raise the interrupt itself, not Lightning's exit(1).
+
+    Lightning answers a KeyboardInterrupt (SIGTERM arrives as one, see cli/_common.py) with its
+    graceful shutdown, ignores SIGINT from then on and calls ``sys.exit(1)``: the CLI would exit
+    1 without saying why. The interrupt goes on to the caller instead (exit 130 / 143 and one
+    line) and SIGINT gets its handler back.
+    """
+    cause = exc.__context__ if isinstance(exc, SystemExit) else None
+    if not isinstance(cause, KeyboardInterrupt):
+        return
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    log.warning("training stopped; continue it with: segflow train --resume %s", run_dir)
+    raise cause from None
