@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from segflow.data.splits import make_splits
+from segflow.evaluate.evaluator import evaluate
+from segflow.evaluate.metrics import summary
 from segflow.infer.predictor import Predictor
 from segflow.models.bundle import load_bundle
 from tests.fixtures.bundles import make_bundle
@@ -36,15 +38,18 @@ def test_tiled_validation_scores_exactly_what_eval_scores(cli, tmp_path: Path) -
     assert res.exit_code == 0, res.stderr
     run = tmp_path / "runs" / "r"
     history = _last_val(run)
-    out = tmp_path / "ev"
     res = cli(
         "eval", run / "best.segflow", ds, "--split", "val", "--backend", "torch",
-        "--precision", "f32", "--out", out,
+        "--precision", "f32", "--out", tmp_path / "ev",
     )  # fmt: skip
     assert res.exit_code == 0, res.stderr
-    metrics = json.loads((out / "metrics.json").read_text())
-    for name in ("mIoU", "IoU/class1", "Dice/class2"):
-        assert metrics[name] == pytest.approx(float(history[f"val/{name}"]), abs=1e-6), name
+    per_class = json.loads((tmp_path / "ev" / "metrics.json").read_text())["per_class"]
+    scored = evaluate(run / "best.segflow", ds, split="val", out=tmp_path / "ev2",
+                      backend="torch", precision="f32")  # fmt: skip
+    shipped = summary(scored.confusion, list(per_class), prefix="val/")
+    for name in ("val/mIoU", "val/IoU/class1", "val/Dice/class2"):
+        assert shipped[name] == pytest.approx(float(history[name]), abs=1e-6), name
+    assert per_class["class1"]["iou"] == pytest.approx(shipped["val/IoU/class1"], abs=1e-6)
 
 
 def test_network_probabilities_are_predicts_on_the_normalised_input(tmp_path: Path) -> None:
