@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from segflow.api import evaluate, tune
+from segflow.evaluate.tuning import MIN_THRESHOLD_IMAGES
 from segflow.infer.postprocess import PostProcess
 from segflow.models.bundle import read_bundle_meta
 from tests.fixtures.bundles import dataset_labelled_by, make_bundle, shifted_bundle
@@ -26,7 +27,22 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     random = make_bundle(tmp / "random.segflow", classes=2, tile=64)
     base = shifted_bundle(random, tmp / "base.segflow", 0.0, scale=8.0)
     shifted = shifted_bundle(random, tmp / "shifted.segflow", SHIFT, scale=8.0)
-    return {"base": base, "shifted": shifted, "ds": dataset_labelled_by(base, tmp / "ds")}
+    # 14 images: 12 for val (MIN_THRESHOLD_IMAGES), one train, one test
+    ds = dataset_labelled_by(base, tmp / "ds", n=2 + MIN_THRESHOLD_IMAGES)
+    return {"base": base, "shifted": shifted, "ds": ds}
+
+
+def test_a_split_too_small_keeps_the_threshold_and_says_why(
+    setup: dict[str, Path], tmp_path: Path
+) -> None:
+    """On 4 validation images a chosen threshold did not carry over to test (benchmarks.md)."""
+    small = dataset_labelled_by(setup["base"], tmp_path / "ds", n=6)  # 4 val images
+    result = tune(setup["shifted"], small, out=tmp_path / "t.segflow", backend="torch",
+                  try_tta=False)  # fmt: skip
+    (threshold,) = _steps(result, "threshold")
+    assert not threshold.kept and threshold.value == 0.5 and result.threshold == 0.5
+    assert threshold.note == f"skipped: 4 images < {MIN_THRESHOLD_IMAGES}"
+    assert read_bundle_meta(tmp_path / "t.segflow").threshold == 0.5
 
 
 def _steps(result, kind: str) -> list:
@@ -52,7 +68,8 @@ def test_picks_the_known_better_threshold_and_refuses_steps_that_do_not_help(
     record = meta.tuning
     assert record["before"] == pytest.approx(threshold.before, abs=1e-6)
     assert record["after"] == pytest.approx(result.after, abs=1e-6)
-    assert record["metric"] == "val/mIoU" and record["split"] == "val" and record["images"] == 4
+    assert record["metric"] == "val/mIoU" and record["split"] == "val"
+    assert record["images"] == MIN_THRESHOLD_IMAGES
     assert record["steps"][0]["step"] == "threshold"
     assert all({"before", "after", "kept", "value"} <= set(s) for s in record["steps"])
     assert "x the time" in _steps(result, "tta")[0].note

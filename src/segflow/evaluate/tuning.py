@@ -11,7 +11,8 @@ The score is the bundle's monitor metric (``train.monitor``, e.g. ``val/mIoU``, 
 split as training computes it; ``val/mIoU`` when the monitor is not such a score). The steps,
 in order, each tried on the result of the steps kept before it:
 
-1. ``threshold`` (binary): the best of 0.05..0.95 in steps of 1/256;
+1. ``threshold`` (binary): the best of 0.05..0.95 in steps of 1/256, on splits of at least
+   :data:`MIN_THRESHOLD_IMAGES` images (below that it is recorded as skipped);
 2. ``tta``: the flips ``h,v`` averaged in (a second pass), at the threshold then chosen;
 3. per foreground class: ``min_size`` (the best of sizes 4, 8, 16... up to 2% of the median
    image area), ``fill_holes``, ``keep_largest``.
@@ -53,6 +54,11 @@ if TYPE_CHECKING:
 PathLike = str | os.PathLike[str]
 #: A step is kept only when it raises the score by more than this (absolute; see the module doc).
 MARGIN = 0.002
+#: The threshold is tuned only on at least this many images. Measured (docs/benchmarks.md,
+#: CHASE_DB1, 3 seeds): chosen on 4 validation images (0.70-0.75) it gained 0.004-0.006 there and
+#: lost 0.008-0.013 of test Dice in every seed against the default 0.5, as on the held-out vessel
+#: set of issue 15 (0.7 chosen, -0.005 on test). 12 is a floor, not a fitted value.
+MIN_THRESHOLD_IMAGES = 12
 #: The flips tried as test-time augmentation.
 TTA_CANDIDATE = ("h", "v")
 BINS = 256
@@ -318,8 +324,11 @@ def tune(
                           progress, "tune: inference")  # fmt: skip
         before = score(run.base)
         j, current = round(meta.threshold * BINS), before
-        if run.binary:
+        if run.binary and len(samples) >= MIN_THRESHOLD_IMAGES:
             j, current = _tune_threshold(run, j, current, names[1], steps, margin, score)
+        elif run.binary:
+            steps.append(Step("threshold", names[1], meta.threshold, current, current, False,
+                              f"skipped: {len(samples)} images < {MIN_THRESHOLD_IMAGES}"))  # fmt: skip
         tta: list[str] = []
         if try_tta:
             other = _infer_pass(predictor(TTA_CANDIDATE), ds, samples, scratch / "tta",
