@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	# torch first: pip resolves it to the local wheels on our machines, the normal wheels elsewhere.
 	$(BIN)/python -m pip install --quiet torch torchvision
-	$(BIN)/python -m pip install --quiet -e '.[dev,serve]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,serve,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

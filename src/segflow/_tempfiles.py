@@ -63,3 +63,31 @@ def sweep_stale(folder: Path, prefix: str, suffix: str = "") -> list[Path]:
         log.warning("removed %s, left by an interrupted segflow run", entry)
         removed.append(entry)
     return removed
+
+
+#: ``.NAME.tmp-<pid>-<hex>[.ext]``: a file being written by segflow.infer.outputs.
+_OUTPUT_TMP = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}(\.[a-z]+)?$")
+
+
+def sweep_stale_outputs(folder: Path) -> list[Path]:
+    """Remove the temporary prediction files (``.NAME.tmp-<pid>-<hex>``) of killed writers.
+
+    The process id is checked on this machine only: on a multi-machine run, sweep a shared
+    output folder before the workers start (as ``segflow predict --engine ray`` does).
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir()) if folder.is_dir() else []
+    except OSError:
+        return []
+    for entry in entries:
+        match = _OUTPUT_TMP.match(entry.name)
+        if match is None or not entry.is_file() or _alive(int(match.group(1))):
+            continue
+        try:
+            entry.unlink()
+        except OSError:
+            continue
+        log.warning("removed %s, left by an interrupted segflow run", entry)
+        removed.append(entry)
+    return removed

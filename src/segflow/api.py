@@ -173,8 +173,19 @@ def predict(
     progress: bool = False,
     precision: str = "auto",
     threads: int | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    gpus_per_worker: float = 0.0,
+    overwrite: bool = False,
 ) -> list[dict[str, Path]]:
     """``segflow predict BUNDLE INPUT... --out DIR``: writes masks and returns the files per image.
+
+    ``engine="ray"`` spreads the images over Ray actors (``address``: ``auto``, ``HOST:PORT`` or
+    ``ray://HOST:PORT``; none: a local cluster; ``workers`` actors with ``gpus_per_worker`` GPUs
+    each), skips images whose outputs exist unless ``overwrite``, records bad inputs in
+    ``failures.csv`` instead of stopping, and writes ``summary.json``
+    (:mod:`segflow.infer.ray_engine`). Inputs may also be manifests (CSV/Parquet, ``path`` column).
 
     Post-processing flags add to the bundle's own settings: ``min_size`` takes ``"N"`` (every
     foreground class) or ``"CLASS=N"``; ``fill_holes``/``keep_largest`` take class names, ids or
@@ -199,6 +210,7 @@ def predict(
     files = expand_inputs(inputs)  # inputs whose outputs would collide refused here
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir}: --out is a file, not a folder")
+    _check_engine(engine, address, workers, gpus_per_worker, overwrite, polygons)
     options = InferenceOptions.from_flags(
         read_bundle_meta(paths[0]),
         backend=backend,
@@ -215,6 +227,19 @@ def predict(
         keep_largest=keep_largest,
         combine=combine,
     )
+    if engine == "ray":
+        from segflow.infer.ray_engine import WriteSpec, expected_outputs, predict_ray
+
+        spec = WriteSpec(color=color, overlay=overlay, probs=probs, geojson=polygons == "geojson")
+        summary = predict_ray(paths, files, out_dir, options, spec, address=address,
+                              workers=workers, gpus_per_worker=gpus_per_worker,
+                              overwrite=overwrite, progress=progress)  # fmt: skip
+        failed = {f["path"] for f in summary.failures}
+        return [
+            dict(zip(["mask"], expected_outputs(f, out_dir, spec), strict=False))
+            for f in files
+            if str(f) not in failed
+        ]
     predictor = options.predictor(paths)
     logging.getLogger("segflow.infer.backend").info("%s", predictor.describe_backends())
     written = []
@@ -242,6 +267,35 @@ def predict(
     if polygons == "coco":
         write_coco(kept, out_dir / "predictions_coco.json", predictor.classes)
     return written
+
+
+def _check_engine(
+    engine: str,
+    address: str | None,
+    workers: int | None,
+    gpus_per_worker: float,
+    overwrite: bool,
+    polygons: str | None,
+) -> None:
+    """The engine flags, before any work: ray-only flags are refused with the local engine."""
+    from segflow.errors import UsageError
+
+    if engine not in ("local", "ray"):
+        raise UsageError(f"--engine {engine!r}: use local or ray")
+    if engine == "local":
+        given = [name for name, value in (("--address", address), ("--workers", workers),
+                 ("--gpus-per-worker", gpus_per_worker or None),
+                 ("--overwrite", overwrite or None)) if value is not None]  # fmt: skip
+        if given:
+            raise UsageError(f"{given[0]} is for --engine ray (the local engine always writes)")
+        return
+    if polygons == "coco":
+        raise UsageError("--polygons coco collects every image in one file: use the local "
+                         "engine, or --polygons geojson with --engine ray")  # fmt: skip
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers {workers}: must be >= 1")
+    if gpus_per_worker < 0:
+        raise UsageError(f"--gpus-per-worker {gpus_per_worker}: must be >= 0")
 
 
 def evaluate(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -61,6 +62,20 @@ def predict(
     ] = None,
     color: Annotated[bool, typer.Option(help="Write a colour PNG per image.")] = True,
     overlay: Annotated[bool, typer.Option(help="Write an overlay JPEG per image.")] = True,
+    engine: Annotated[
+        str, typer.Option(help="local (this process) or ray (Ray Data actors, resumable).")
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray: auto, HOST:PORT or ray://HOST:PORT (default: a local cluster)."),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Ray: actors, each holding the model (default: CPUs/2).")
+    ] = None,
+    gpus_per_worker: Annotated[float, typer.Option(help="Ray: GPUs per actor.")] = 0.0,
+    overwrite: Annotated[
+        bool, typer.Option(help="Ray: redo images whose outputs exist (default: skip them).")
+    ] = False,
 ) -> None:
     """Predict masks for images of any size (tiles, TTA, post-processing, ensembles)."""
     from segflow.api import predict as run_predict
@@ -88,7 +103,19 @@ def predict(
         progress=True,
         precision=precision,
         threads=threads,
+        engine=engine,
+        address=address,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        overwrite=overwrite,
     )
+    if engine == "ray":
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        console().print(
+            f"{summary['predicted']} predicted, {summary['skipped']} skipped (done before), "
+            f"{summary['failed']} failed (failures.csv) -> {out}"
+        )
+        return
     console().print(f"{len(written)} image(s) predicted -> {out}")
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from segflow._tempfiles import tag
 from segflow.data import image_io
 from segflow.data.dataset import ClassInfo, atomic_write_text
 from segflow.infer.predictor import GeoInfo, Prediction
@@ -21,8 +22,16 @@ from segflow.infer.predictor import GeoInfo, Prediction
 PolygonFormat = Literal["geojson", "coco"]
 
 
+def _tmp_name(path: Path, suffix: str = "") -> Path:
+    """``.NAME.tmp-<pid>-<hex>SUFFIX`` beside ``path``.
+
+    A killed writer's leftover is recognisable (:func:`segflow._tempfiles.sweep_stale_outputs`).
+    """
+    return path.with_name(f".{path.name}.tmp-{tag()}{suffix}")
+
+
 def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = _tmp_name(path)
     try:
         tmp.write_bytes(data)
         tmp.replace(path)
@@ -45,7 +54,7 @@ def _write_geotiff(path: Path, bands: np.ndarray, geo: GeoInfo) -> None:
     import rasterio
     from affine import Affine
 
-    tmp = path.with_name(f".{path.name}.tmp.tif")
+    tmp = _tmp_name(path, ".tif")
     with rasterio.open(
         tmp, "w", driver="GTiff", width=bands.shape[2], height=bands.shape[1], count=bands.shape[0],
         dtype=str(bands.dtype), crs=geo.crs, transform=Affine(*geo.transform), compress="deflate",
@@ -95,7 +104,12 @@ def write_prediction(
     probs: bool = False,
     polygon_format: PolygonFormat | None = None,
 ) -> dict[str, Path]:
-    """Write one prediction's files into ``out_dir``; returns them by kind."""
+    """Write one prediction's files into ``out_dir``; returns them by kind.
+
+    Every file is written under a temporary name and renamed; the class-id PNG (``mask``) is
+    renamed last, so its presence means every file of this image is complete (the Ray engine's
+    resume relies on it).
+    """
     from segflow.data.visual import colorize, encode_jpeg
     from segflow.data.visual import overlay as blend
 
@@ -103,7 +117,6 @@ def write_prediction(
     stem = pred.stem or "prediction"
     written: dict[str, Path] = {}
     written["mask"] = out_dir / f"{stem}.png"
-    _atomic_bytes(written["mask"], _png(pred.labels))
     if pred.geo is not None:
         written["mask_geotiff"] = out_dir / f"{stem}_mask.tif"
         _write_geotiff(written["mask_geotiff"], pred.labels[None], pred.geo)
@@ -121,7 +134,7 @@ def write_prediction(
         else:
             import tifffile
 
-            tmp = written["probs"].with_name(f".{written['probs'].name}.tmp.tif")
+            tmp = _tmp_name(written["probs"], ".tif")
             tifffile.imwrite(tmp, quantised, photometric="minisblack", compression="zlib")
             tmp.replace(written["probs"])
     if polygon_format == "geojson":
@@ -133,6 +146,7 @@ def write_prediction(
             collection["crs_wkt"] = pred.geo.crs
         written["polygons"] = out_dir / f"{stem}.geojson"
         atomic_write_text(written["polygons"], json.dumps(collection))
+    _atomic_bytes(written["mask"], _png(pred.labels))  # last: the image's outputs are complete
     return written
 
 

@@ -581,12 +581,19 @@ def read_geo(path: Path) -> GeoInfo | None:
 
 
 def expand_inputs(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Files, folders (images directly inside) and glob patterns -> image files, sorted per item."""
+    """Files, folders (images inside), glob patterns and manifests -> image files.
+
+    A manifest is a ``.csv`` / ``.parquet`` with a ``path`` column (:mod:`segflow.infer.manifest`).
+    """
+    from segflow.infer.manifest import is_manifest, read_manifest
+
     items = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
     out: list[Path] = []
     for item in items:
         p = Path(item)
-        if p.is_dir():
+        if p.is_file() and is_manifest(p):
+            out += read_manifest(p)
+        elif p.is_dir():
             found = sorted(f for f in p.iterdir() if f.is_file() and image_io.is_image_file(f))
             if not found:
                 raise DataError(p, "no images in this folder")
