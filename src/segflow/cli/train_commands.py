@@ -171,9 +171,11 @@ def _plan_run(
     import os
 
     from segflow.config import load_config
+    from segflow.train.launch import external_launch, refuse_planning
     from segflow.train.planner import plan_dataset
     from segflow.train.runner import RUN_NAME_ENV, check_devices, default_run_name
 
+    refuse_planning(external_launch())  # torchrun / srun: plan once, then launch with the config
     base = load_config(None, overrides)
     check_devices(base.train.accelerator, base.train.devices)  # before planning (seconds)
     joining = os.environ.get(RUN_NAME_ENV)  # a process started by a DDP launch: reuse the plan

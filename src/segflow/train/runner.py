@@ -33,6 +33,7 @@ from segflow.config import SegflowConfig, config_to_dict, load_config
 from segflow.data.dataset import CanonicalDataset, atomic_write_text, dump_yaml, now_iso
 from segflow.errors import ConfigError, DataError, UsageError
 from segflow.train.data_stats import DataStats, data_stats, resolve_stems
+from segflow.train.launch import check_world, external_launch, is_global_rank_zero, shared_run_name
 
 log = logging.getLogger("segflow.train")
 
@@ -187,20 +188,29 @@ def train(
     check_devices(cfg.train.accelerator, cfg.train.devices)
     if tracking_uri is not None:
         cfg.tracking.uri = tracking_uri
-    run_name = name or cfg.train.name or os.environ.get(RUN_NAME_ENV) or default_run_name(cfg)
+    launch = external_launch()  # torchrun / srun on one or several machines
+    if launch is not None:
+        check_world(launch, cfg.train.num_nodes, cfg.train.devices)
+        run_name = shared_run_name(launch, name or cfg.train.name, _run_prefix(cfg))
+    else:
+        run_name = name or cfg.train.name or os.environ.get(RUN_NAME_ENV) or default_run_name(cfg)
     if folds is not None:
         return _train_folds(cfg, run_name, folds, progress=progress, callbacks=callbacks)
     run_dir = cfg.train.output / run_name
-    if (run_dir / "run.json").exists() and os.environ.get(RUN_NAME_ENV) != run_name:
+    joining = os.environ.get(RUN_NAME_ENV) == run_name or (launch is not None and launch.rank > 0)
+    if (run_dir / "run.json").exists() and not joining:
         raise UsageError(f"{run_dir}: run already exists; choose another --name or --resume it")
     return _fit(cfg, run_dir, run_name, progress=progress, extra_callbacks=callbacks)
 
 
 def default_run_name(cfg: SegflowConfig) -> str:
     """``DATASET-ARCH-ENCODER-YYYYmmdd-HHMMSS``: the run folder's name when none is given."""
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{_run_prefix(cfg)}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _run_prefix(cfg: SegflowConfig) -> str:
     dataset = cfg.data.dataset.resolve().name if cfg.data.dataset else "data"
-    return _slug(f"{dataset}-{cfg.model.arch}-{cfg.model.encoder}-{stamp}")
+    return _slug(f"{dataset}-{cfg.model.arch}-{cfg.model.encoder}")
 
 
 def _train_folds(
@@ -306,9 +316,7 @@ def _fit(
     stems = resolve_stems(dataset, cfg.data.fold, cfg.train.seed)
     if not stems["val"]:
         log.warning("no validation images: the last epoch's weights become the bundle")
-    rank_zero = (
-        int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
-    )
+    rank_zero = is_global_rank_zero()
     stats_file = run_dir / "data_stats.json"
     if stats_file.is_file():
         try:
