@@ -199,6 +199,7 @@ def predict(
     from segflow.infer.options import InferenceOptions
     from segflow.infer.outputs import write_coco, write_prediction
     from segflow.infer.predictor import expand_inputs
+    from segflow.infer.windowed import try_windowed
     from segflow.models.bundle import read_bundle_meta
 
     paths = (
@@ -211,6 +212,16 @@ def predict(
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir}: --out is a file, not a folder")
     _check_engine(engine, address, workers, gpus_per_worker, overwrite, polygons)
+    if polygons is not None:
+        from segflow.infer.windowed import large_raster
+
+        for f in files:
+            if large_raster(f):  # refused before any work, not skipped
+                raise UsageError(
+                    f"{f}: too large to hold whole (predicted window by window): --polygons "
+                    "needs the whole label image; polygonize its _mask.tif instead "
+                    "(e.g. gdal_polygonize.py or rasterio.features.shapes)"
+                )
     options = InferenceOptions.from_flags(
         read_bundle_meta(paths[0]),
         backend=backend,
@@ -248,6 +259,11 @@ def predict(
         if progress:  # a large image takes minutes: show its tiles too
             predictor.on_tiles = lambda done, total: bar.detail("tiles", done, total)
         for path in files:
+            big = try_windowed(predictor, path, out_dir, probs=probs, extras=color or overlay)
+            if big is not None:  # a raster larger than memory: windows in, windows out
+                written.append(big)
+                bar.advance()
+                continue
             pred = predictor.predict_path(path, probs=probs)
             written.append(
                 write_prediction(

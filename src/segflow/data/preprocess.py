@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -243,15 +243,35 @@ class Preprocessor:
             x = self._convert_channels(raw)
             x0, y0, x1, y1 = self._roi(x, kind)
             if self._target(y1 - y0, x1 - x0) == (y1 - y0, x1 - x0):
-                count = 256 if kind == "uint8" else 65536
-                levels = np.repeat(np.arange(count, dtype=np.float32)[:, None], x.shape[2], axis=1)
-                levels *= np.float32(1.0 / self.normalization.scale)
-                table = np.ascontiguousarray(self.normalize(levels).T)  # C x levels
+                table = self._table(kind, x.shape[2])
                 geom = Geometry((x.shape[0], x.shape[1]), (x0, y0, x1, y1), (y1 - y0, x1 - x0))
                 return NetworkInput(x[y0:y1, x0:x1], table), geom
         image, geom = self.image(raw)
         chw = np.ascontiguousarray(self.normalize(image).transpose(2, 0, 1), dtype=np.float32)
         return NetworkInput(chw), geom
+
+    def _table(self, kind: Literal["uint8", "uint16"], channels: int) -> np.ndarray:
+        count = 256 if kind == "uint8" else 65536
+        levels = np.repeat(np.arange(count, dtype=np.float32)[:, None], channels, axis=1)
+        levels *= np.float32(1.0 / self.normalization.scale)
+        return np.ascontiguousarray(self.normalize(levels).T)  # C x levels
+
+    def lazy_input(self, rows: Any) -> NetworkInput | None:
+        """The network input over a lazy ``H x W x C`` source read by rows, or None.
+
+        The source is e.g. a raster window reader (:mod:`segflow.infer.windowed`). None where
+        the preprocessing needs the whole image (ROI, resize, CLAHE, per-image normalisation, a
+        channel conversion, a dtype other than uint8/uint16).
+        """
+        cfg = self.cfg
+        kind: Literal["uint8", "uint16"] | None = (
+            "uint8" if rows.dtype == np.uint8 else "uint16" if rows.dtype == np.uint16 else None
+        )
+        per_pixel = not cfg.clahe and not cfg.diffusion_iterations and cfg.normalize != "image"
+        whole = cfg.roi is not None or cfg.resize is not None or rows.shape[2] != self.in_channels
+        if kind is None or not per_pixel or whole:
+            return None
+        return NetworkInput(rows, self._table(kind, self.in_channels))
 
     def mask(self, mask: np.ndarray, geom: Geometry) -> np.ndarray:
         """Apply the same crop and resize (nearest neighbour) to a class-id mask."""

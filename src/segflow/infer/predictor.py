@@ -322,6 +322,32 @@ class Predictor:
         """Class ids of probabilities: ``p > threshold`` (binary) or the most probable class."""
         return self._labels_from_probs(probs)
 
+    def windowed_unsupported(self, source: Any) -> str:
+        """Why a lazy ``H x W x C`` source cannot be streamed by rows; '' when it can.
+
+        The source is e.g. :class:`segflow.infer.windowed.RasterRows`.
+        """
+        if len(self.members) > 1:
+            return "an ensemble combines whole images"
+        if self.members[0].preprocessor.lazy_input(source) is None:
+            return "the bundle's preprocessing or the raster's bands/dtype need the whole image"
+        return ""
+
+    def stream_input(
+        self, source: Any, *, normalise: bool = True
+    ) -> Iterator[tuple[int, int, np.ndarray]]:
+        """``(y0, y1, probs[:, y0:y1])`` of a lazy source read by rows.
+
+        See :meth:`windowed_unsupported`. With ``normalise=False`` multi-class strips are
+        unnormalised blended sums (the same argmax, see :meth:`_stream`).
+        """
+        m = self.members[0]
+        x = m.preprocessor.lazy_input(source)
+        if x is None:
+            raise DataError(None, self.windowed_unsupported(source))
+        count = _TileCount(self.on_tiles, 1) if self.on_tiles else None
+        yield from self._stream(m, x, normalise=normalise, count=count)
+
     def probability_rows(self, image: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
         """:meth:`probabilities` in bands of rows: ``(y0, y1, probs[:, y0:y1])``, top to bottom.
 

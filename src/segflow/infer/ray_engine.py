@@ -48,10 +48,14 @@ class WriteSpec:
 
 
 def expected_outputs(image: Path, out_dir: Path, spec: WriteSpec) -> list[Path]:
-    """The files ``write_prediction`` writes for ``image``.
+    """The files ``write_prediction`` (``predict_windowed`` for a large raster) writes.
 
     A GeoTIFF's extra ``_mask.tif`` is implied by its PNG, which is renamed after it.
     """
+    from segflow.infer.windowed import large_raster, windowed_outputs
+
+    if large_raster(image):
+        return windowed_outputs(image, out_dir, spec.probs)
     stem = image.stem
     names = [f"{stem}.png"]
     names += [f"{stem}_color.png"] if spec.color else []
@@ -84,7 +88,11 @@ class PredictWorker:
     def predict_one(self, path: Path) -> None:
         """Predict and write one image (the part a test may replace)."""
         from segflow.infer.outputs import write_prediction
+        from segflow.infer.windowed import try_windowed
 
+        extras = self.spec.color or self.spec.overlay
+        if try_windowed(self.predictor, path, self.out_dir, probs=self.spec.probs, extras=extras):
+            return
         pred = self.predictor.predict_path(path, probs=self.spec.probs)
         write_prediction(pred, self.out_dir, self.predictor.classes, color=self.spec.color,
                          overlay=self.spec.overlay, probs=self.spec.probs,
