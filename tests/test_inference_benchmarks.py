@@ -98,3 +98,12 @@ def test_serve_latency_benchmark_runs_and_serves_the_same_mask() -> None:
     backend = re.search(r"served backend (\w+),", text)
     assert backend and f"in-process backend: {backend.group(1)} " in text  # auto on both sides
     assert "served mask identical to the in-process one: True" in text
+
+
+def test_windowed_raster_benchmark_runs_both_paths_and_they_agree(tmp_path: Path) -> None:
+    text = _run("windowed_raster.py", "--size", "600", "--tile", "128", "--backend", "onnx",
+                "--work", str(tmp_path))  # fmt: skip
+    assert _number(r"windowed / whole: time ([\d.]+)", text) > 0
+    assert re.search(r"^windowed .* peak RSS +\d+ MiB$", text, flags=re.MULTILINE), text
+    assert re.search(r"^whole .* peak RSS +\d+ MiB$", text, flags=re.MULTILINE), text
+    assert _number(r"label agreement windowed vs whole: ([\d.]+)", text) == 1.0

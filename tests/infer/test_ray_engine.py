@@ -86,6 +86,7 @@ def test_same_masks_failures_recorded_then_resume_skips_done(
         1,
     )
     assert sum(w["images"] for w in summary["workers"].values()) == 6
+    assert all(w["peak_rss_mb"] > 50 for w in summary["workers"].values())  # an actor with torch
     assert summary["images_per_second"] > 0
     (failure,) = _failures(out)
     assert failure["path"].endswith("zz_broken.png") and "\n" not in failure["error"]

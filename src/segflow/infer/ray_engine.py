@@ -24,6 +24,7 @@ import csv
 import io
 import json
 import os
+import resource
 import socket
 import time
 from collections.abc import Sequence
@@ -110,11 +111,13 @@ class PredictWorker:
                 errors.append(one_line(exc))
             seconds.append(time.perf_counter() - start)
         n = len(batch["path"])
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this actor's peak, MiB
         return {
             "path": np.asarray(batch["path"]),
             "error": np.asarray(errors, dtype=object),
             "seconds": np.asarray(seconds, dtype=np.float64),
             "worker": np.asarray([self.name] * n, dtype=object),
+            "peak_rss_mb": np.asarray([rss] * n, dtype=np.float64),
         }
 
 
@@ -287,9 +290,12 @@ def predict_ray(
                 ray.shutdown()
             sweep_stale_outputs(out_dir)  # what a killed (then retried) worker left
         for row in rows:
-            stats = summary.workers.setdefault(str(row["worker"]), {"images": 0, "seconds": 0.0})
+            stats = summary.workers.setdefault(
+                str(row["worker"]), {"images": 0, "seconds": 0.0, "peak_rss_mb": 0.0}
+            )
             stats["images"] += 1
             stats["seconds"] = round(stats["seconds"] + float(row["seconds"]), 3)
+            stats["peak_rss_mb"] = round(max(stats["peak_rss_mb"], float(row["peak_rss_mb"])), 1)
             if row["error"]:
                 summary.failures.append({"path": str(row["path"]), "error": str(row["error"])})
         summary.failed = len(summary.failures)
