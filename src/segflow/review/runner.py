@@ -131,17 +131,6 @@ def staged_folder(out: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _read_pair(ds: CanonicalDataset, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-    image, mask = ds.read_image(sample), ds.read_mask(sample)
-    if image.shape[:2] != mask.shape:
-        raise DataError(
-            sample.mask,
-            f"mask is {mask.shape[1]}x{mask.shape[0]} but image {sample.image.name} is "
-            f"{image.shape[1]}x{image.shape[0]} (run `segflow check`)",
-        )
-    return image, mask
-
-
 def _score_text(score: float) -> str:
     return "nan" if math.isnan(score) else f"{score:.4f}"
 
@@ -177,13 +166,14 @@ def _score_labelled(
     progress: bool,
 ) -> list[dict[str, Any]]:
     from segflow._progress import ProgressBar
+    from segflow.evaluate.tuning import read_labelled
 
     classes, ignore = ds.meta.classes, ds.meta.ignore_index
     thumbs.mkdir()
     rows = []
     with ProgressBar(progress, "reviewing", len(samples)) as bar:
         for i, s in enumerate(samples):
-            image, mask = _read_pair(ds, s)
+            image, mask = read_labelled(ds, s, len(classes), ignore)
             probs = np.mean(source(s.stem, image), axis=0)
             try:
                 result = score_image(probs, mask, ignore, temperature)
