@@ -158,3 +158,23 @@ def test_bad_input_one_line_and_no_output(cli, setup: tuple[Path, Path], tmp_pat
     out.mkdir()
     _one_line_error(cli("review", root, "--bundle", bundle, "--out", out), 2, "--overwrite")
     assert list(out.iterdir()) == []
+
+
+def test_two_bundles_and_no_splits(cli, setup: tuple[Path, Path], tmp_path) -> None:
+    bundle, root = setup
+    raw = make_bundle(tmp_path / "raw2.segflow", classes=2, seed=1)
+    second = shifted_bundle(raw, tmp_path / "sharp2.segflow", 0.0, scale=30.0)
+    ds = tmp_path / "ds"
+    shutil.copytree(root, ds)
+    (ds / "splits.csv").unlink()
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    shutil.copy(root / "images" / "s001.png", pool / "a.png")
+    out = tmp_path / "rev"
+    res = cli(
+        "review", ds, "--bundle", bundle, "--bundle", second, "--out", out, "--unlabeled", pool
+    )
+    assert res.exit_code == 0, res.stderr
+    assert "without splits.csv" in res.stderr  # no train split known: all scored, and said
+    assert len(_csv(out / "review.csv")) == 6
+    assert "the models&#39; disagreement" in (out / "label_next.html").read_text()

@@ -39,6 +39,7 @@ IN_SAMPLE = (
     "understate label errors"
 )
 SKIP_TRAIN = "training images are skipped (--include-train scores them)"
+NO_SPLITS = "without splits.csv the training images are unknown: every image is scored"
 
 
 @dataclass
@@ -67,12 +68,12 @@ def bundle_source(bundles: Sequence[Path], *, backend: str, device: str) -> Prob
     return source
 
 
-def _check_options(top: int, temperature: float, bundles: Sequence[Path]) -> None:
+def _check_options(top: int, temperature: float, models: int) -> None:
     if top < 1:
         raise UsageError(f"--top {top}: must be at least 1 (the suspects listed and in stems.txt)")
     if not math.isfinite(temperature) or temperature <= 0:
         raise UsageError(f"--temperature {temperature}: must be a number > 0 (default 0.1)")
-    if not bundles:
+    if models < 1:
         raise UsageError("give the model to score with: --bundle NAME.segflow (repeatable)")
 
 
@@ -196,15 +197,18 @@ def _score_labelled(
 
 def _score_unlabeled(
     ds: CanonicalDataset, files: Sequence[Path], source: ProbabilitySource, thumbs: Path
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], int]:
+    """Rows ranked most uncertain first, and how many models gave probabilities."""
     from segflow.data import image_io
     from segflow.infer.predictor import argmax_classes
 
     thumbs.mkdir()
     rows = []
+    models = 0
     for i, path in enumerate(files):
         image = image_io.read_image(path)
         members = source(path.stem, image)
+        models = len(members)
         score, heat = uncertainty(members)
         pred = argmax_classes(np.mean(members, axis=0))
         panels = gallery.uncertainty_panels(image, pred, heat, ds.meta.classes)
@@ -218,7 +222,7 @@ def _score_unlabeled(
                 "thumbs": gallery.write_thumbs(thumbs, i, panels),
             }
         )
-    return _rank(rows, worst_is_low=False)
+    return _rank(rows, worst_is_low=False), models
 
 
 def review(
@@ -262,7 +266,7 @@ def review(
     from segflow.models.bundle import read_bundle_meta
 
     paths = [Path(b) for b in bundles]
-    _check_options(top, temperature, paths if source is None else [Path()])
+    _check_options(top, temperature, len(paths) if source is None else 1)
     ds = dataset if isinstance(dataset, CanonicalDataset) else CanonicalDataset(dataset)
     for path in paths:
         meta = read_bundle_meta(path)
@@ -272,7 +276,8 @@ def review(
     out_dir = Path(out) if out is not None else Path.cwd() / f"review_{ds.meta.name}"
     _check_out(out_dir, overwrite)
     if source is None:
-        log.warning("%s", IN_SAMPLE if include_train else f"{IN_SAMPLE}; {SKIP_TRAIN}")
+        why = "" if include_train else f"; {SKIP_TRAIN if splits else NO_SPLITS}"
+        log.warning("%s%s", IN_SAMPLE, why)
         source = bundle_source(paths, backend=backend, device=device)
     with staged_folder(out_dir) as tmp:
         rows = _score_labelled(ds, samples, splits, source, temperature, tmp / "thumbs", progress)
@@ -282,8 +287,8 @@ def review(
         names = _write_review(tmp, f"Label review: {ds.meta.name}", rows, notes, top)
         next_rows: list[dict[str, Any]] = []
         if files:
-            next_rows = _score_unlabeled(ds, files, source, tmp / "thumbs_unlabeled")
-            how = "member disagreement" if len(paths) > 1 else "mean per-pixel entropy"
+            next_rows, models = _score_unlabeled(ds, files, source, tmp / "thumbs_unlabeled")
+            how = "the models' disagreement" if models > 1 else "mean per-pixel entropy"
             notes = [f"{len(next_rows)} unlabelled images, most uncertain first ({how})."]
             title = f"What to label next: {Path(unlabeled or '').name}"
             names += _write_review(tmp, title, next_rows, notes, 0, stem="label_next")
