@@ -160,6 +160,21 @@ def test_bad_input_one_line_and_no_output(cli, setup: tuple[Path, Path], tmp_pat
     assert list(out.iterdir()) == []
 
 
+def test_a_broken_mask_midway_leaves_no_output(cli, setup: tuple[Path, Path], tmp_path) -> None:
+    bundle, root = setup
+    ds = tmp_path / "ds"
+    shutil.copytree(root, ds)
+    bad = np.zeros((64, 64), np.uint8)
+    bad[5, 5] = 7
+    cv2.imwrite(str(ds / "masks" / "s005.png"), bad)  # the last image scored
+    res = cli("review", ds, "--bundle", bundle, "--out", tmp_path / "rev")
+    assert res.exit_code == 1
+    warning, error = res.stderr.splitlines()  # the in-sample warning came before the work
+    assert warning.startswith("warning: ") and error.startswith("error: ")
+    assert "s005.png" in error and "[7]" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # nor a staging folder
+
+
 def test_two_bundles_and_no_splits(cli, setup: tuple[Path, Path], tmp_path) -> None:
     bundle, root = setup
     raw = make_bundle(tmp_path / "raw2.segflow", classes=2, seed=1)
