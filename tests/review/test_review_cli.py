@@ -2,7 +2,8 @@
 
 The dataset's masks are the bundle's own predictions (``dataset_labelled_by``), so a clean mask
 agrees with the model everywhere; two masks then get an error each. The bundle is a random
-network whose logits are scaled x30 (same masks, confident probabilities).
+network whose logits are scaled x30 and shifted by -5 (confident probabilities, objects a
+third of the pixels at most).
 """
 
 from __future__ import annotations
@@ -26,18 +27,17 @@ MISSING_STEM, EXTRA_STEM = "s002", "s004"  # both in the val split; s000 is "tra
 
 
 def _inject(root: Path) -> None:
-    """s002: a disc erased inside an object (missing); s004: a background blob filled (extra)."""
+    """s002: its largest object left unlabelled (missing); s004: a disc painted far from any."""
     path = root / "masks" / f"{MISSING_STEM}.png"
     mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    inside = cv2.distanceTransform((mask == 1).astype(np.uint8), cv2.DIST_L2, 3)
-    y, x = np.unravel_index(int(inside.argmax()), mask.shape)
-    cv2.circle(mask, (int(x), int(y)), 6, 0, -1)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats((mask == 1).astype(np.uint8))
+    mask[labels == 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())] = 0
     cv2.imwrite(str(path), mask)
     path = root / "masks" / f"{EXTRA_STEM}.png"
     mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    _, labels, stats, _ = cv2.connectedComponentsWithStats((mask == 0).astype(np.uint8))
-    largest = 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
-    mask[labels == largest] = 1
+    outside = cv2.distanceTransform((mask == 0).astype(np.uint8), cv2.DIST_L2, 3)
+    y, x = np.unravel_index(int(outside.argmax()), mask.shape)
+    cv2.circle(mask, (int(x), int(y)), 8, 1, -1)
     cv2.imwrite(str(path), mask)
 
 
@@ -45,7 +45,7 @@ def _inject(root: Path) -> None:
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("review")
     raw = make_bundle(tmp / "raw.segflow", classes=2)
-    bundle = shifted_bundle(raw, tmp / "sharp.segflow", 0.0, scale=30.0)
+    bundle = shifted_bundle(raw, tmp / "sharp.segflow", -5.0, scale=30.0)
     root = dataset_labelled_by(bundle, tmp / "ds", n=6)
     _inject(root)
     return bundle, root
@@ -178,7 +178,7 @@ def test_a_broken_mask_midway_leaves_no_output(cli, setup: tuple[Path, Path], tm
 def test_two_bundles_and_no_splits(cli, setup: tuple[Path, Path], tmp_path) -> None:
     bundle, root = setup
     raw = make_bundle(tmp_path / "raw2.segflow", classes=2, seed=1)
-    second = shifted_bundle(raw, tmp_path / "sharp2.segflow", 0.0, scale=30.0)
+    second = shifted_bundle(raw, tmp_path / "sharp2.segflow", -5.0, scale=30.0)
     ds = tmp_path / "ds"
     shutil.copytree(root, ds)
     (ds / "splits.csv").unlink()

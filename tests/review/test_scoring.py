@@ -113,6 +113,15 @@ def test_a_boundary_off_by_two_pixels(grow: bool) -> None:
     _only_kind(given, truth, BOUNDARY, int((given != truth).sum()))
 
 
+def test_an_object_missing_beside_a_labelled_one_is_not_a_boundary() -> None:
+    truth = _truth()
+    cv2.circle(truth, (30, 20), 8, 1, -1)  # a second disc touching the first
+    given = _truth()  # ... that the labels lack
+    result = score_image(_confident(truth), given)
+    assert [c.kind for c in result.components] == [MISSING]
+    assert result.pixels == int((given != truth).sum())
+
+
 def test_the_image_kind_is_the_one_with_most_pixels() -> None:
     truth = _truth()
     given = truth.copy()

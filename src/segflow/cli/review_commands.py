@@ -15,7 +15,10 @@ def review(
     dataset: Annotated[Path, typer.Argument(help="Canonical dataset folder with masks.")],
     bundle: Annotated[
         list[Path] | None,
-        typer.Option(help="Model bundle to score with (repeatable: probabilities averaged)."),
+        typer.Option(
+            metavar="BUNDLE",
+            help="Model bundle to score with (repeatable: probabilities averaged).",
+        ),
     ] = None,
     top: Annotated[int, typer.Option(help="Worst images listed here and in stems.txt.")] = 20,
     out: Annotated[

@@ -19,8 +19,10 @@ most probable class differs from the given label with ``p[predicted] > CONFIDENT
 
 * ``wrong class``: both the given and the predicted class are foreground (not class 0);
 * ``boundary off``: at least ``BOUNDARY_SHARE`` of its pixels lie within ``BAND_PX`` pixels of
-  both an edge of the given mask and an edge of the prediction: the two outlines agree that an
-  object is there and differ by a thin band along it;
+  the *agreed object*, the pixels that the given mask and the prediction both give the
+  component's foreground class: both see the object, and their outlines differ by a thin band
+  along it (a ring around a labelled object the model sees larger, or inside one it sees
+  smaller);
 * ``missing object``: the label says background where the model sees an object;
 * ``extra object``: the label has an object where the model sees background.
 
@@ -38,7 +40,7 @@ TEMPERATURE = 0.1
 #: A pixel is suspicious when p[predicted] > CONFIDENT and p[given] < DOUBT.
 CONFIDENT = 0.5
 DOUBT = 0.2
-#: "boundary off": this share of a component's pixels within BAND_PX of both outlines.
+#: "boundary off": this share of a component's pixels within BAND_PX of the agreed object.
 BAND_PX = 3
 BOUNDARY_SHARE = 0.8
 #: Components smaller than this are not reported (isolated pixels at soft edges).
@@ -145,27 +147,22 @@ def suspicious_pixels(
     return flagged, pred
 
 
-def edge_distance(labels: np.ndarray) -> np.ndarray:
-    """Distance (px) of every pixel to the nearest edge of ``labels`` (a class change)."""
+def _agreed_distance(mask: np.ndarray, pred: np.ndarray, cls: int) -> np.ndarray:
+    """Distance (px) of every pixel to the nearest pixel both ``mask`` and ``pred`` call ``cls``."""
     import cv2
 
-    edge = np.zeros(labels.shape, bool)
-    dy = labels[1:] != labels[:-1]
-    dx = labels[:, 1:] != labels[:, :-1]
-    edge[1:] |= dy
-    edge[:-1] |= dy
-    edge[:, 1:] |= dx
-    edge[:, :-1] |= dx
-    if not edge.any():
-        return np.full(labels.shape, np.inf, np.float32)
-    dist: np.ndarray = cv2.distanceTransform((~edge).astype(np.uint8), cv2.DIST_L2, 3)
+    agreed = (mask == cls) & (pred == cls)
+    if not agreed.any():
+        return np.full(mask.shape, np.inf, np.float32)
+    dist: np.ndarray = cv2.distanceTransform((~agreed).astype(np.uint8), cv2.DIST_L2, 3)
     return dist
 
 
-def _kind(given: int, predicted: int, near_both: np.ndarray, pixels: np.ndarray) -> str:
+def _kind(given: int, predicted: int, distance: np.ndarray) -> str:
+    """The kind of a component whose pixels lie ``distance`` px from the agreed object."""
     if given != 0 and predicted != 0:
         return WRONG
-    if near_both[pixels].mean() >= BOUNDARY_SHARE:
+    if (distance <= BAND_PX).mean() >= BOUNDARY_SHARE:
         return BOUNDARY
     return MISSING if given == 0 else EXTRA
 
@@ -183,7 +180,7 @@ def find_errors(
     kinds = np.zeros(mask.shape, np.uint8)
     if not flagged.any():
         return [], kinds
-    near_both = (edge_distance(mask) <= BAND_PX) & (edge_distance(pred) <= BAND_PX)
+    agreed: dict[int, np.ndarray] = {}  # foreground class -> distance to its agreed object
     pair = np.where(flagged, mask.astype(np.int32) * num_classes + pred, -1)
     out = []
     for code in np.unique(pair[flagged]).tolist():
@@ -196,7 +193,10 @@ def find_errors(
             if area < MIN_PIXELS:
                 continue
             inside = labels[y : y + h, x : x + w] == i
-            kind = _kind(given, predicted, near_both[y : y + h, x : x + w], inside)
+            cls = predicted if given == 0 else given
+            if cls not in agreed:
+                agreed[cls] = _agreed_distance(mask, pred, cls)
+            kind = _kind(given, predicted, agreed[cls][y : y + h, x : x + w][inside])
             kinds[y : y + h, x : x + w][inside] = KINDS.index(kind) + 1
             out.append(Component(kind, area, given, predicted, (x, y, w, h)))
     return out, kinds
