@@ -81,7 +81,7 @@ def test_injected_errors_rank_first_with_their_kind(setup: tuple[Path, Path], tm
     assert res.returncode == 0, res.stderr
     assert "in-sample" in res.stderr and "--include-train" in res.stderr
     rows = _csv(out / "review.csv")
-    assert list(rows[0]) == ["stem", "split", "score", "rank", "kind", "pixels"]
+    assert list(rows[0]) == ["stem", "split", "score", "rank", "kind", "pixels", "kinds"]
     # Every labelled image but the one training image, worst first.
     assert sorted(r["stem"] for r in rows) == ["s001", "s002", "s003", "s004", "s005"]
     assert [int(r["rank"]) for r in rows] == [1, 2, 3, 4, 5]
@@ -93,6 +93,7 @@ def test_injected_errors_rank_first_with_their_kind(setup: tuple[Path, Path], tm
     assert kinds[EXTRA_STEM] == "extra object"
     assert all(r["kind"] == "none" and r["pixels"] == "0" for r in rows[2:])
     assert all(int(r["pixels"]) > 10 for r in rows[:2])
+    assert all(r["kinds"] == f"{r['kind']} {r['pixels']}" for r in rows[:2])
     assert max(scores[:2]) < min(scores[2:])
     # The gallery lists every scored image, each with four thumbnails that exist.
     page = _Rows()

@@ -130,6 +130,7 @@ def test_the_image_kind_is_the_one_with_most_pixels() -> None:
     result = score_image(_confident(truth), given)
     assert sorted(c.kind for c in result.components) == [EXTRA, MISSING]
     assert result.kind == MISSING
+    assert result.by_kind == {MISSING: 196, EXTRA: int((given != truth).sum()) - 196}
 
 
 def test_unsure_disagreement_is_not_suspicious() -> None:

@@ -33,7 +33,7 @@ log = logging.getLogger("segflow.review")
 PathLike = str | os.PathLike[str]
 #: ``(stem, image H x W x C) -> [K x H x W class probabilities of each model]``.
 ProbabilitySource = Callable[[str, np.ndarray], list[np.ndarray]]
-CSV_FIELDS = ("stem", "split", "score", "rank", "kind", "pixels")
+CSV_FIELDS = ("stem", "split", "score", "rank", "kind", "pixels", "kinds")
 IN_SAMPLE = (
     "bundle probabilities are in-sample for the images the model trained on, so their scores "
     "understate label errors"
@@ -153,7 +153,8 @@ def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_FIELDS)
     for r in rows:
-        writer.writerow([r["stem"], r["split"], r["score_text"], r["rank"], r["kind"], r["pixels"]])
+        cells = [r["stem"], r["split"], r["score_text"], r["rank"], r["kind"], r["pixels"]]
+        writer.writerow([*cells, r.get("kinds", "")])
     return buf.getvalue()
 
 
@@ -188,6 +189,7 @@ def _score_labelled(
                     "score": result.score,
                     "kind": result.kind,
                     "pixels": result.pixels,
+                    "kinds": "; ".join(f"{k} {n}" for k, n in result.by_kind.items()),
                     "thumbs": gallery.write_thumbs(thumbs, i, panels),
                 }
             )

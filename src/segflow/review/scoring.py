@@ -78,11 +78,15 @@ class ImageScore:
         return sum(c.pixels for c in self.components)
 
     @property
+    def by_kind(self) -> dict[str, int]:
+        """Suspicious pixels per kind present, most first."""
+        totals = {k: sum(c.pixels for c in self.components if c.kind == k) for k in KINDS}
+        return {k: n for k, n in sorted(totals.items(), key=lambda kv: -kv[1]) if n > 0}
+
+    @property
     def kind(self) -> str:
         """The kind with the most suspicious pixels (``none`` without any)."""
-        totals = {k: sum(c.pixels for c in self.components if c.kind == k) for k in KINDS}
-        best = max(KINDS, key=lambda k: totals[k])
-        return best if totals[best] > 0 else NONE
+        return next(iter(self.by_kind), NONE)
 
 
 def class_probabilities(probs: np.ndarray, binary: bool) -> np.ndarray:
