@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from segflow.errors import DataError, SegflowError, UsageError
     from segflow.infer.predictor import Predictor
     from segflow.models.bundle import load_bundle
-    from segflow.review.runner import review
     from segflow.serve import create_app
     from segflow.train.runner import train
 
@@ -48,7 +47,6 @@ _EXPORTS = {
     "Predictor": "segflow.infer.predictor",
     "train": "segflow.train.runner",
     "load_bundle": "segflow.models.bundle",
-    "review": "segflow.review.runner",
     "load_config": "segflow.config",
     "SegflowConfig": "segflow.config",
     "CanonicalDataset": "segflow.data.dataset",
@@ -79,7 +77,6 @@ __all__ = [
     "load_config",
     "plan",
     "predict",
-    "review",
     "serve",
     "split",
     "train",

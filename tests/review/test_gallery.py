@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
+from segflow.api import review
 from segflow.data.dataset import CanonicalDataset
 from segflow.review.gallery import PAGE_SIZE
-from segflow.review.runner import review
 from tests.fixtures.synthetic import make_dataset
 
 N = PAGE_SIZE + 3  # two pages
