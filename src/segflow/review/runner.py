@@ -198,32 +198,39 @@ def _score_labelled(
 
 
 def _score_unlabeled(
-    ds: CanonicalDataset, files: Sequence[Path], source: ProbabilitySource, thumbs: Path
+    ds: CanonicalDataset,
+    files: Sequence[Path],
+    source: ProbabilitySource,
+    thumbs: Path,
+    progress: bool,
 ) -> tuple[list[dict[str, Any]], int]:
     """Rows ranked most uncertain first, and how many models gave probabilities."""
+    from segflow._progress import ProgressBar
     from segflow.data import image_io
     from segflow.infer.predictor import argmax_classes
 
     thumbs.mkdir()
     rows = []
     models = 0
-    for i, path in enumerate(files):
-        image = image_io.read_image(path)
-        members = source(path.stem, image)
-        models = len(members)
-        score, heat = uncertainty(members)
-        pred = argmax_classes(np.mean(members, axis=0))
-        panels = gallery.uncertainty_panels(image, pred, heat, ds.meta.classes)
-        rows.append(
-            {
-                "stem": path.stem,
-                "split": "unlabeled",
-                "score": score,
-                "kind": "uncertain",
-                "pixels": int((heat > 0.5).sum()),
-                "thumbs": gallery.write_thumbs(thumbs, i, panels),
-            }
-        )
+    with ProgressBar(progress, "ranking unlabelled", len(files)) as bar:
+        for i, path in enumerate(files):
+            image = image_io.read_image(path)
+            members = source(path.stem, image)
+            models = len(members)
+            score, heat = uncertainty(members)
+            pred = argmax_classes(np.mean(members, axis=0))
+            panels = gallery.uncertainty_panels(image, pred, heat, ds.meta.classes)
+            rows.append(
+                {
+                    "stem": path.stem,
+                    "split": "unlabeled",
+                    "score": score,
+                    "kind": "uncertain",
+                    "pixels": int((heat > 0.5).sum()),
+                    "thumbs": gallery.write_thumbs(thumbs, i, panels),
+                }
+            )
+            bar.advance()
     return _rank(rows, worst_is_low=False), models
 
 
@@ -289,7 +296,8 @@ def review(
         names = _write_review(tmp, f"Label review: {ds.meta.name}", rows, notes, top)
         next_rows: list[dict[str, Any]] = []
         if files:
-            next_rows, models = _score_unlabeled(ds, files, source, tmp / "thumbs_unlabeled")
+            folder = tmp / "thumbs_unlabeled"
+            next_rows, models = _score_unlabeled(ds, files, source, folder, progress)
             how = "the models' disagreement" if models > 1 else "mean per-pixel entropy"
             notes = [f"{len(next_rows)} unlabelled images, most uncertain first ({how})."]
             title = f"What to label next: {Path(unlabeled or '').name}"
