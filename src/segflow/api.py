@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from segflow.evaluate.evaluator import EvalResult
     from segflow.evaluate.tuning import TuneResult
     from segflow.models.bundle import ExportInfo
+    from segflow.review.runner import ProbabilitySource, ReviewResult
     from segflow.train.planner import Plan
 
 PathLike = str | os.PathLike[str]
@@ -526,3 +527,43 @@ def plan(
     if out is not None:
         result.write(out)
     return result
+
+
+def review(
+    dataset: PathLike,
+    bundles: Sequence[PathLike] = (),
+    *,
+    out: PathLike | None = None,
+    top: int = 20,
+    include_train: bool = False,
+    unlabeled: PathLike | None = None,
+    temperature: float = 0.1,
+    overwrite: bool = False,
+    backend: str = "auto",
+    device: str = "auto",
+    source: ProbabilitySource | None = None,
+    progress: bool = False,
+) -> ReviewResult:
+    """``segflow review DATASET --bundle B``: rank labelled images by label quality, worst first.
+
+    Writes ``review.csv``, ``review.html`` and ``stems.txt`` into ``out`` (``label_next.*`` with
+    ``unlabeled``); ``source`` replaces the bundles' probabilities (e.g. out-of-fold ones). See
+    :func:`segflow.review.runner.review`. (Not re-exported as ``segflow.review``: that name is
+    the ``segflow.review`` package.)
+    """
+    from segflow.review.runner import review as run_review
+
+    return run_review(
+        dataset,
+        bundles,
+        out=out,
+        top=top,
+        include_train=include_train,
+        unlabeled=unlabeled,
+        temperature=temperature,
+        overwrite=overwrite,
+        backend=backend,
+        device=device,
+        source=source,
+        progress=progress,
+    )

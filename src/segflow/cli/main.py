@@ -18,6 +18,7 @@ from segflow.cli import (
     data_commands,
     eval_commands,
     infer_commands,
+    review_commands,
     serve_commands,
     train_commands,
 )
@@ -69,6 +70,7 @@ train_commands.register(app)
 eval_commands.register(app)
 infer_commands.register(app)
 serve_commands.register(app)
+review_commands.register(app)
 
 
 @app.command()

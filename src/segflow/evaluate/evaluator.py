@@ -167,6 +167,13 @@ def _check_classes(
         )
 
 
+def check_classes(
+    source: Path | None, what: str, classes: Sequence[ClassInfo], ds: CanonicalDataset
+) -> None:
+    """Refuse a model whose classes (ids and names) differ from the dataset's (DataError)."""
+    _check_classes(source, what, classes, ds)
+
+
 def _samples(ds: CanonicalDataset, split: str | None) -> tuple[list[Sample], str]:
     if split is None or split == "all":
         samples, label = ds.labelled_samples(None), "all"

@@ -172,6 +172,10 @@ def _read(ds: CanonicalDataset, s: Sample, k: int, ignore: int) -> tuple[np.ndar
     return image, truth
 
 
+#: The image and mask of a labelled sample, checked (same size, class ids): used by review.
+read_labelled = _read
+
+
 def _infer_pass(
     predictor: Predictor,
     ds: CanonicalDataset,
