@@ -345,11 +345,13 @@ def choose_settings(
     try_tta: bool,
     margin: float,
     progress: bool,
+    plain_seconds: float | None = None,
 ) -> TuneResult:
     """The steps of the module docstring on ``samples``; the passes' files go under ``scratch``.
 
     ``plain([])`` gives the probabilities without TTA, ``flipped(TTA_CANDIDATE)`` with it (the
-    out-of-fold tuning of an ensemble reads the first from training's saved OOF maps).
+    out-of-fold tuning of an ensemble reads the first from training's saved OOF maps, and gives
+    the time their inference took as ``plain_seconds``, TTA's time ratio being against it).
     ``bundle``, ``split`` and ``seconds`` of the result are the caller's to fill in.
     """
     names, ignore = [c.name for c in meta.classes], ds.meta.ignore_index
@@ -361,6 +363,8 @@ def choose_settings(
     steps: list[Step] = []
     run = _infer_pass(plain([]), binary, ds, samples, scratch / "plain", meta.threshold,
                       progress, "tune: inference")  # fmt: skip
+    if plain_seconds is not None:
+        run.seconds = plain_seconds
     before = score(run.base)
     j, current = round(meta.threshold * BINS), before
     if run.binary and len(samples) >= MIN_THRESHOLD_IMAGES:

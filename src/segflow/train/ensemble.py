@@ -122,7 +122,7 @@ def train_fold_ensemble(
 
     ds = CanonicalDataset(cfg.data.dataset or ".")
     root = cfg.train.output / run_name
-    if root.exists():
+    if root.exists() and {p.name for p in root.iterdir()} - {"plan.yaml"}:  # a plan: planned now
         raise UsageError(f"{root}: run already exists; choose another --name")
     rows = fold_rows(ds, k, cfg.train.seed)  # refused here: no run folder yet
     atomic_write_text(root / FOLDS_FILE, splits_csv_text(rows))
@@ -161,8 +161,9 @@ def _write_ensemble(
     staging = root / f".{OOF_DIR}-staging"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        write_oof(ds, members, parts, staging, progress=progress)
-        settings, oof = tune_out_of_fold(ds, members, parts, staging, progress=progress)
+        seconds = write_oof(ds, members, parts, staging, progress=progress)
+        settings, oof = tune_out_of_fold(ds, members, parts, staging, progress=progress,
+                                         seconds=seconds)  # fmt: skip
         manifest = EnsembleManifest(
             name=f"{run_name}-ensemble",
             task=meta.task,
@@ -191,8 +192,13 @@ def write_oof(
     out: Path,
     *,
     progress: bool,
-) -> None:
-    """Each member's probabilities on the images it validated on: ``out/STEM.npy`` + oof.csv."""
+) -> float:
+    """Each member's probabilities on the images it validated on: ``out/STEM.npy`` + oof.csv.
+
+    Returns the seconds the inference took.
+    """
+    import time
+
     from segflow._progress import ProgressBar
     from segflow.evaluate.confusion import confusion
     from segflow.evaluate.metrics import image_scores
@@ -203,13 +209,16 @@ def write_oof(
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
     writer.writerow(["stem", "fold", "member", "loss", "dice"])
-    total = sum(len(v) for v in parts.values())
+    total, seconds = sum(len(v) for v in parts.values()), 0.0
     with ProgressBar(progress, "out-of-fold", total) as bar:
         for fold, (name, bundle) in enumerate(members):
             predictor = _member_predictor(bundle)
             for stem in parts[name]:
                 sample = by_stem[stem]
-                probs = predictor.probabilities(ds.read_image(sample))
+                image = ds.read_image(sample)
+                started = time.perf_counter()
+                probs = predictor.probabilities(image)
+                seconds += time.perf_counter() - started
                 truth = ds.read_mask(sample)
                 np.save(out / f"{stem}.npy", quantise(probs), allow_pickle=False)
                 labels = predictor.labels_from_probs(probs)
@@ -219,6 +228,7 @@ def write_oof(
                 writer.writerow([stem, fold, name, _num(loss), _num(dice)])
                 bar.advance()
     atomic_write_text(out / "oof.csv", table.getvalue())
+    return seconds
 
 
 def quantise(probs: np.ndarray) -> np.ndarray:
@@ -259,11 +269,13 @@ def tune_out_of_fold(
     oof: Path,
     *,
     progress: bool,
+    seconds: float | None = None,
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Threshold, TTA and post-processing chosen on the OOF predictions (segflow tune's rules).
 
-    The plain pass reads the saved OOF maps (no inference again); the TTA pass predicts each
-    image with its own member. Returns the manifest fields and the OOF score before/after.
+    The plain pass reads the saved OOF maps (no inference again; ``seconds``: the time their
+    inference took, which TTA's time is weighed against); the TTA pass predicts each image with
+    its own member. Returns the manifest fields and the OOF score before/after.
     """
     import tempfile
 
@@ -296,7 +308,8 @@ def tune_out_of_fold(
     scratch = Path(tempfile.mkdtemp(prefix=".tune-", dir=oof.parent))
     try:
         result = choose_settings(meta, ds, samples, scratch, plain, flipped, try_tta=True,
-                                 margin=MARGIN, progress=progress)  # fmt: skip
+                                 margin=MARGIN, progress=progress,
+                                 plain_seconds=seconds)  # fmt: skip
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     result.split = "out-of-fold"
