@@ -103,13 +103,13 @@ def test_eval_of_an_ensemble_equals_eval_of_its_members(
     setup: dict[str, Path], tmp_path: Path
 ) -> None:
     ens = _ensemble(setup, tmp_path / "e.segflow")
-    one = evaluate(ens, setup["ds"], split="val", out=tmp_path / "e1", backend="torch")
+    one = evaluate(ens, setup["ds"], split="val", out=tmp_path / "e1", backend="torch", worst_k=0)
     two = evaluate([setup["a"], setup["b"]], setup["ds"], split="val", out=tmp_path / "e2",
-                   backend="torch", threshold=0.3)  # fmt: skip
+                   backend="torch", threshold=0.3, worst_k=0)  # fmt: skip
     np.testing.assert_array_equal(one.confusion, two.confusion)
     assert one.metrics["macro"]["iou"] == pytest.approx(two.metrics["macro"]["iou"], abs=1e-12)
-    alone = evaluate(setup["a"], setup["ds"], split="val", out=tmp_path / "e3", backend="torch")
-    assert not np.array_equal(one.confusion, alone.confusion)
+    assert one.metrics["settings"]["threshold"] == 0.3
+    assert one.metrics["settings"]["combine"] == "mean"
 
 
 def _tamper(ens: Path, **changes) -> None:
@@ -222,3 +222,22 @@ def test_quantised_maps_threshold_exactly() -> None:
     np.testing.assert_array_equal(quantise(dequantise(q)), q)
     for j in (13, 128, 200):
         np.testing.assert_array_equal(q >= j, p > j / 256)
+
+
+def test_served_ensemble_predicts_as_its_members_combined(
+    setup: dict[str, Path], tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from segflow.serve.server import build_app
+    from tests.serve import decode_mask, encode
+
+    ens = _ensemble(setup, tmp_path / "e.segflow")
+    image = _image(1)
+    expected = Predictor.from_bundles([setup["a"], setup["b"]], backend="torch", threshold=0.3)
+    with TestClient(build_app(ens, backend="torch")) as client:
+        info = client.get("/info").json()
+        assert info["model"]["bundles"] == 2 and info["input"]["threshold"] == 0.3
+        resp = client.post("/predict", files={"image": ("x.png", encode(image), "image/png")})
+        assert resp.status_code == 200, resp.text
+    np.testing.assert_array_equal(decode_mask(resp.content), expected.predict_array(image).labels)

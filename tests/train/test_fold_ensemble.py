@@ -90,20 +90,18 @@ def test_writes_the_ensemble_with_out_of_fold_maps(trained: dict[str, Path]) -> 
     assert not list(run.glob(".*"))  # no staging folder left
 
 
-def test_predict_eval_export_work_on_the_ensemble(trained: dict[str, Path]) -> None:
+def test_predict_eval_export_work_on_the_ensemble(cli, trained: dict[str, Path]) -> None:
     ens, ds, tmp = trained["ens"], trained["ds"], trained["tmp"]
-    res = _segflow("predict", ens, ds / "images", "--out", tmp / "pred", "--backend", "torch",
-                   cwd=tmp)  # fmt: skip
-    assert res.returncode == 0, res.stderr
+    res = cli("predict", ens, ds / "images", "--out", tmp / "pred", "--backend", "torch")
+    assert res.exit_code == 0, res.stderr
     masks = sorted((tmp / "pred").glob("*_mask.png")) or sorted((tmp / "pred").glob("*.png"))
     assert masks
-    res = _segflow("eval", ens, ds, "--split", "test", "--out", tmp / "ev", "--backend", "torch",
-                   cwd=tmp)  # fmt: skip
-    assert res.returncode == 0, res.stderr
+    res = cli("eval", ens, ds, "--split", "test", "--out", tmp / "ev", "--backend", "torch")
+    assert res.exit_code == 0, res.stderr
     metrics = json.loads((tmp / "ev" / "metrics.json").read_text())
     assert metrics["n_images"] == 2 and metrics["settings"]["combine"] == "mean"
-    res = _segflow("export", ens, "--format", "onnx", cwd=tmp)
-    assert res.returncode == 0, res.stderr
+    res = cli("export", ens, "--format", "onnx")
+    assert res.exit_code == 0, res.stderr
     for member in ("fold0.segflow", "fold1.segflow"):
         assert "onnx" in read_bundle_meta(ens / member).exports
         assert str(ens / member / "model.onnx") in res.stdout
