@@ -73,6 +73,8 @@ def test_manifest_round_trip_and_effective_meta(setup: dict[str, Path], tmp_path
     assert len(predictor.members) == 2 and predictor.threshold == 0.3
     assert all(m.tta == ("h",) for m in predictor.members)
     assert predictor.post.min_size == {1: 4}
+    mixed = Predictor.from_bundles([ens, setup["base"]], backend="torch")  # --with another model
+    assert [m.meta.name for m in mixed.members] == ["a", "b", "base"] and mixed.threshold == 0.3
 
 
 @pytest.mark.parametrize("combine", ["mean", "vote"])
@@ -129,6 +131,7 @@ def _tamper(ens: Path, **changes) -> None:
         ("class mismatch", "member 'm1.segflow' has classes"),
         ("bad combine", "combine"),
         ("no members", "members"),
+        ("nested", "member 'm1.segflow' is an ensemble itself"),
     ],
 )
 def test_tampered_ensembles_get_one_line_errors(
@@ -148,6 +151,10 @@ def test_tampered_ensembles_get_one_line_errors(
     elif case == "class mismatch":
         shutil.rmtree(ens / "m1.segflow")
         make_bundle(ens / "m1.segflow", classes=3)
+    elif case == "nested":
+        inner = _ensemble(setup, tmp_path / "inner.segflow")
+        shutil.rmtree(ens / "m1.segflow")
+        shutil.move(inner, ens / "m1.segflow")
     elif case == "bad combine":
         _tamper(ens, combine="max")
     else:

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from segflow.data.dataset import CanonicalDataset
 from segflow.data.image_io import read_image, read_mask
 from segflow.data.splits import make_splits
 from segflow.infer.predictor import Predictor
 from segflow.models.bundle import read_bundle_meta
 from segflow.models.ensemble import read_ensemble
-from segflow.train.ensemble import quantise
+from segflow.train.ensemble import fold_rows, quantise
 from tests.fixtures.synthetic import make_dataset
 
 TINY = Path(__file__).parents[1] / "fixtures" / "configs" / "tiny.yaml"
@@ -143,3 +144,23 @@ def test_bad_folds_exit_2_with_one_line_and_no_run(
     if value == "5":
         assert "form 4 group(s)" in lines[0]
     assert not (tmp_path / "runs").exists()
+
+
+def test_folds_keep_groups_together_and_leave_the_test_images_out(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "ds", n=12, size=(32, 32), num_classes=2, seed=1)
+    make_splits(ds, val=0.2, test=0.2, seed=0)
+    lines = (ds / "splits.csv").read_text().splitlines()
+    test = {line.split(",")[0] for line in lines[1:] if line.split(",")[1] == "test"}
+    group = {s: f"g{i // 3}" for i, s in enumerate(sorted(
+        line.split(",")[0] for line in lines[1:] if line.split(",")[0] not in test))}  # fmt: skip
+    rows = [lines[0]] + [f"{s},{'test' if s in test else 'train'},{group.get(s, '')}," for s in
+                         sorted(group.keys() | test)]  # fmt: skip
+    (ds / "splits.csv").write_text("\n".join(rows) + "\n")
+    before = (ds / "splits.csv").read_text()
+    folds = fold_rows(CanonicalDataset(ds), 3, seed=0)
+    assert (ds / "splits.csv").read_text() == before
+    fold_of = {r.stem: r.fold for r in folds}
+    assert {s for s, f in fold_of.items() if f is None} == test
+    assert sorted({f for f in fold_of.values() if f is not None}) == [0, 1, 2]
+    for g in set(group.values()):
+        assert len({fold_of[s] for s, gg in group.items() if gg == g}) == 1, g
