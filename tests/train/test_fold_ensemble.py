@@ -164,3 +164,13 @@ def test_folds_keep_groups_together_and_leave_the_test_images_out(tmp_path: Path
     assert sorted({f for f in fold_of.values() if f is not None}) == [0, 1, 2]
     for g in set(group.values()):
         assert len({fold_of[s] for s, gg in group.items() if gg == g}) == 1, g
+
+
+def test_a_member_resumes_on_its_own_fold(cli, trained: dict[str, Path]) -> None:
+    """The dataset's splits.csv has no folds: only the run's folds.csv can give fold 1's images."""
+    member = trained["run"] / "fold1"
+    res = cli("train", "--resume", member, "--set", "train.epochs=2")
+    assert res.exit_code == 0, res.stderr
+    state = json.loads((member / "run.json").read_text())
+    assert state["status"] == "finished" and state["epochs"] == 2 and state["fold"] == 1
+    read_ensemble(trained["ens"])  # the ensemble keeps its own copy of the member
