@@ -54,7 +54,7 @@ def _ensemble(setup: dict[str, Path], out: Path, **updates) -> Path:
 
 
 def _image(seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    return np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)
 
 
 def test_manifest_round_trip_and_effective_meta(setup: dict[str, Path], tmp_path: Path) -> None:
