@@ -98,6 +98,19 @@ def fold_rows(ds: CanonicalDataset, k: int, seed: int) -> list[SplitRow]:
     return sorted(rows, key=lambda r: r.stem)
 
 
+def write_fold_summary(
+    root: Path, monitor: str, bests: dict[int, float | None]
+) -> tuple[float, float]:
+    """``folds.json``: each fold's best monitored value, their mean and sd (returned)."""
+    values = [v for v in bests.values() if v is not None]
+    mean = statistics.fmean(values) if values else float("nan")
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    summary = {"monitor": monitor, "folds": {f"fold{k}": v for k, v in bests.items()},
+               "mean": mean, "sd": sd}  # fmt: skip
+    atomic_write_text(root / "folds.json", json.dumps(summary, indent=2))
+    return mean, sd
+
+
 def fold_stems(rows: Sequence[SplitRow], fold: int) -> dict[str, Sequence[str]]:
     """Train / val / test stems of one fold (val: the fold, train: the other folds)."""
     return {
@@ -133,12 +146,7 @@ def train_fold_ensemble(
             fit_run(fold_cfg, root / f"fold{fold}", f"{run_name}-fold{fold}", progress=progress,
                     extra_callbacks=callbacks, stems=fold_stems(rows, fold), tune=False)
         )  # fmt: skip
-    values = [r.best for r in results if r.best is not None]
-    mean = statistics.fmean(values) if values else float("nan")
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    summary = {"monitor": cfg.train.monitor, "mean": mean, "sd": sd,
-               "folds": {f"fold{i}": r.best for i, r in enumerate(results)}}  # fmt: skip
-    atomic_write_text(root / "folds.json", json.dumps(summary, indent=2))
+    mean, sd = write_fold_summary(root, cfg.train.monitor, dict(enumerate(r.best for r in results)))
     members = [(f"fold{i}.segflow", r.bundle) for i, r in enumerate(results)]
     parts = {name: list(fold_stems(rows, i)["val"]) for i, (name, _) in enumerate(members)}
     ensemble, oof = _write_ensemble(root, run_name, ds, members, parts, progress=progress)

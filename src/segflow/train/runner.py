@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-import statistics
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from segflow.config import SegflowConfig, config_to_dict, load_config
 from segflow.data.dataset import CanonicalDataset, atomic_write_text, dump_yaml, now_iso
 from segflow.errors import ConfigError, DataError, UsageError
 from segflow.train.data_stats import DataStats, data_stats, resolve_stems
-from segflow.train.ensemble import EnsembleResult, parse_folds
+from segflow.train.ensemble import EnsembleResult, parse_folds, write_fold_summary
 
 log = logging.getLogger("segflow.train")
 
@@ -233,16 +232,8 @@ def _train_folds(
                 extra_callbacks=callbacks,
             )
         )
-    values = [r.best for r in results if r.best is not None]
-    mean = statistics.fmean(values) if values else float("nan")
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    summary = {
-        "monitor": cfg.train.monitor,
-        "folds": {f"fold{k}": r.best for k, r in zip(found, results, strict=True)},
-        "mean": mean,
-        "sd": sd,
-    }
-    atomic_write_text(root / "folds.json", json.dumps(summary, indent=2))
+    bests = {k: r.best for k, r in zip(found, results, strict=True)}
+    mean, sd = write_fold_summary(root, cfg.train.monitor, bests)
     return FoldsResult(root, results, cfg.train.monitor, mean, sd)
 
 
