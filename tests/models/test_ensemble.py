@@ -248,3 +248,17 @@ def test_served_ensemble_predicts_as_its_members_combined(
         resp = client.post("/predict", files={"image": ("x.png", encode(image), "image/png")})
         assert resp.status_code == 200, resp.text
     np.testing.assert_array_equal(decode_mask(resp.content), expected.predict_array(image).labels)
+
+
+def test_eval_on_other_classes_names_the_manifest(
+    setup: dict[str, Path], tmp_path: Path, cli
+) -> None:
+    from tests.fixtures.synthetic import make_dataset
+
+    ens = _ensemble(setup, tmp_path / "e.segflow")
+    other = make_dataset(tmp_path / "three", n=2, size=(32, 32), num_classes=3)
+    res = cli("eval", ens, other, "--split", "all", "--out", tmp_path / "ev")
+    assert res.exit_code == 1, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(ens / "ensemble.yaml") in lines[0], res.stderr
+    assert not (tmp_path / "ev").exists()

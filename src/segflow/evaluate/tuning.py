@@ -305,6 +305,7 @@ def tune(
     """
     from segflow.infer.predictor import Predictor, check_settings
     from segflow.models.bundle import read_bundle_meta
+    from segflow.models.ensemble import meta_file
 
     started = time.monotonic()
     src = Path(bundle)
@@ -314,7 +315,7 @@ def tune(
         raise UsageError(f"--margin {margin}: must be >= 0 (an absolute score difference)")
     check_settings(None, None, None, None, threads)
     ds = dataset if isinstance(dataset, CanonicalDataset) else CanonicalDataset(dataset)
-    _check_classes(src / "bundle.yaml", f"model {meta.name!r}", meta.classes, ds)
+    _check_classes(meta_file(src), f"model {meta.name!r}", meta.classes, ds)
     samples, label = _samples(ds, split) if stems is None else _stem_samples(ds, stems, split)
 
     def passes(tta: Sequence[str]) -> RowSource:

@@ -79,6 +79,11 @@ def is_ensemble(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / ENSEMBLE_FILE).is_file()
 
 
+def meta_file(path: str | os.PathLike[str]) -> Path:
+    """The file describing a bundle or an ensemble (``bundle.yaml`` / ``ensemble.yaml``)."""
+    return Path(path) / (ENSEMBLE_FILE if is_ensemble(path) else "bundle.yaml")
+
+
 def _member_path(folder: Path, manifest_path: Path, member: str) -> Path:
     rel = PurePosixPath(member.replace("\\", "/"))
     if rel.is_absolute() or Path(member).is_absolute() or ".." in rel.parts or not rel.parts:
