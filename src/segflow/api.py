@@ -117,8 +117,11 @@ def export_model(
     opset: int | None = None,
     exporter: str = "auto",
     tolerance: float = 1e-4,
-) -> ExportInfo:
+) -> ExportInfo | list[ExportInfo]:
     """``segflow export BUNDLE --format onnx|torchscript``: write ``model.onnx`` / ``model.ts``.
+
+    An ensemble bundle exports each member (one file per member, in its own folder, listed in
+    its ``bundle.yaml``) and returns their entries in the manifest's order.
 
     The file goes inside the bundle only after it matched the bundle's PyTorch network within
     ``tolerance`` (max |logit difference|) at several input sizes; ``bundle.yaml`` then lists it
@@ -140,6 +143,22 @@ def export_model(
         raise UsageError(
             f"unknown model export format {format!r}{hint}; valid: {', '.join(MODEL_FORMATS)}"
         )
+    from segflow.models.ensemble import is_ensemble, read_ensemble
+
+    if is_ensemble(bundle):
+        members = read_ensemble(bundle).members  # the whole ensemble checked first
+        return [
+            _export_one(m, format=format, opset=opset, exporter=exporter, tolerance=tolerance)
+            for m in members
+        ]
+    return _export_one(bundle, format=format, opset=opset, exporter=exporter, tolerance=tolerance)
+
+
+def _export_one(
+    bundle: PathLike, *, format: str, opset: int | None, exporter: str, tolerance: float
+) -> ExportInfo:
+    from segflow.errors import UsageError
+
     if format == "onnx":
         from segflow.export.onnx import export_onnx
 
@@ -156,7 +175,7 @@ def predict(
     inputs: PathLike | Sequence[PathLike],
     *,
     out: PathLike,
-    combine: str = "mean",
+    combine: str | None = None,
     backend: str = "auto",
     device: str = "auto",
     tile: int | None = None,
@@ -336,7 +355,7 @@ def evaluate(
     min_size: Sequence[str] = (),
     fill_holes: Sequence[str] = (),
     keep_largest: Sequence[str] = (),
-    combine: str = "mean",
+    combine: str | None = None,
 ) -> EvalResult:
     """``segflow eval BUNDLE DATASET``: a list of bundles is an ensemble (``--with``).
 

@@ -245,7 +245,7 @@ def test_same_seed_same_result(cli, tmp_path: Path) -> None:
         (["--set", "model.encoder=resnet19"], 2, "resnet18"),
         (["--set", "loss.class_weights=[1, 2]"], 2, "class_weights"),
         (["--resume", "nowhere"], 2, "not a segflow run folder"),
-        (["--folds", "some"], 2, "only 'all'"),
+        (["--folds", "some"], 2, "give a number of folds (>= 2) or 'all'"),
     ],
 )
 def test_bad_training_requests(

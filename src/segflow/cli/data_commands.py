@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -274,7 +274,11 @@ def export(
 
     paths = paths or []
     bundle = Path(target)
-    if target.endswith(".segflow") or (bundle / "bundle.yaml").is_file():
+    if (
+        target.endswith(".segflow")
+        or (bundle / "bundle.yaml").is_file()
+        or (bundle / "ensemble.yaml").is_file()
+    ):
         if paths:
             raise UsageError(
                 f"segflow export BUNDLE takes no further paths, got {', '.join(map(str, paths))}"
@@ -308,9 +312,20 @@ def _export_bundle(
     bundle: Path, format: str, opset: int | None, exporter: str, tolerance: float
 ) -> None:
     from segflow.api import export_model
+    from segflow.models.ensemble import is_ensemble, read_ensemble
+
+    infos = export_model(bundle, format=format, opset=opset, exporter=exporter, tolerance=tolerance)
+    if isinstance(infos, list):  # an ensemble: one export per member
+        members = read_ensemble(bundle).members if is_ensemble(bundle) else []
+        for member, info in zip(members, infos, strict=True):
+            _print_export(member, info)
+        return
+    _print_export(bundle, infos)
+
+
+def _print_export(bundle: Path, info: Any) -> None:
     from segflow.export.verify import describe_parity
 
-    info = export_model(bundle, format=format, opset=opset, exporter=exporter, tolerance=tolerance)
     file = bundle / info.file
     opset_text = f", opset {info.opset}" if info.opset is not None else ""
     out = console()  # one line each, unwrapped: paths stay copyable; no markup in paths

@@ -84,8 +84,12 @@ def eval_(
         ),
     ] = None,
     combine: Annotated[
-        str, typer.Option(help="Ensemble: 'mean' of probabilities or majority 'vote'.")
-    ] = "mean",
+        str | None,
+        typer.Option(
+            help="Ensemble: 'mean' of probabilities or majority 'vote' (default: an ensemble "
+            "bundle's rule, else mean)."
+        ),
+    ] = None,
     tile: Annotated[int | None, typer.Option(help="Tile size (default: the bundle's).")] = None,
     overlap: Annotated[
         float | None, typer.Option(help="Tile overlap share (default: the bundle's).")

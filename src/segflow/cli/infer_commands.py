@@ -20,8 +20,12 @@ def predict(
         list[Path] | None, typer.Option("--with", help="More bundles for an ensemble (repeatable).")
     ] = None,
     combine: Annotated[
-        str, typer.Option(help="Ensemble: 'mean' of probabilities or majority 'vote'.")
-    ] = "mean",
+        str | None,
+        typer.Option(
+            help="Ensemble: 'mean' of probabilities or majority 'vote' (default: an ensemble "
+            "bundle's rule, else mean)."
+        ),
+    ] = None,
     backend: Annotated[
         str,
         typer.Option(help="auto (the fastest measured here, cached), torch, onnx or openvino."),

@@ -95,7 +95,12 @@ def train(
     ] = None,
     fold: Annotated[int | None, typer.Option(help="Validate on this fold of splits.csv.")] = None,
     folds: Annotated[
-        str | None, typer.Option(help="'all': train every fold, report mean +- sd.")
+        str | None,
+        typer.Option(
+            help="K >= 2: make K folds of the non-test images, train one model per fold and "
+            "write the ensemble runs/NAME/ensemble.segflow (tuned out of fold); 'all': train "
+            "every fold of splits.csv, report mean +- sd."
+        ),
     ] = None,
     tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow tracking server, e.g. http://127.0.0.1:5000.")
@@ -117,10 +122,13 @@ def train(
     import shutil
 
     from segflow.errors import SegflowError, UsageError
+    from segflow.train.ensemble import EnsembleResult, parse_folds
     from segflow.train.runner import FoldsResult
     from segflow.train.runner import train as run_train
 
     start = time.monotonic()
+    if folds is not None:
+        parse_folds(folds)  # before a config is planned
     quiet_training_logs()
     if config is None and resume is None and data is not None:
         config, name = _plan_run(data, budget or DEFAULT_BUDGET, device, set_ or [], name, start)
@@ -146,22 +154,34 @@ def train(
             shutil.rmtree(planned.parent)  # refused before training: leave no run folder
         raise
     out = console()
+    if isinstance(result, EnsembleResult):
+        _print_folds(result)
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in result.oof.items())
+        out.print(f"out of fold: {scores}", markup=False, soft_wrap=True)
+        out.print(f"ensemble: {result.ensemble}", markup=False, soft_wrap=True)
+        return
     if isinstance(result, FoldsResult):
-        for i, r in enumerate(result.folds):
-            out.print(
-                f"fold {i}: {result.monitor} = {r.best:.4f}  ({r.bundle})"
-                if r.best is not None
-                else f"fold {i}: -"
-            )
-        out.print(
-            f"{result.monitor}: {result.mean:.4f} ± {result.sd:.4f} over {len(result.folds)} folds"
-        )
-        out.print(f"runs: {result.run_dir}")
+        _print_folds(result)
         return
     best = f"{result.best:.4f}" if result.best is not None else "n/a"
     out.print(f"best {result.monitor}: {best} after {result.epochs} epoch(s)")
     out.print(f"run: {result.run_dir}")
     out.print(f"bundle: {result.bundle}")
+
+
+def _print_folds(result: Any) -> None:
+    """Each fold's monitored metric, their mean +- sd and the run folder."""
+    out = console()
+    for i, r in enumerate(result.folds):
+        out.print(
+            f"fold {i}: {result.monitor} = {r.best:.4f}  ({r.bundle})"
+            if r.best is not None
+            else f"fold {i}: -"
+        )
+    out.print(
+        f"{result.monitor}: {result.mean:.4f} ± {result.sd:.4f} over {len(result.folds)} folds"
+    )
+    out.print(f"runs: {result.run_dir}")
 
 
 def _plan_run(

@@ -141,6 +141,29 @@ def make_splits(
 ) -> SplitResult:
     """Write ``splits.csv`` for the labelled, non-excluded images of a dataset.
 
+    The arguments are :func:`plan_splits`'s; this writes its rows into the dataset folder.
+    """
+    result = plan_splits(dataset_path, val=val, test=test, stratify=stratify, group_by=group_by,
+                         folds=folds, seed=seed, workers=workers, progress=progress)  # fmt: skip
+    result.path = CanonicalDataset(dataset_path).save_splits(result.rows)
+    return result
+
+
+def plan_splits(
+    dataset_path: str | os.PathLike[str],
+    *,
+    val: float = 0.1,
+    test: float = 0.1,
+    stratify: bool = False,
+    group_by: str | None = None,
+    folds: int | None = None,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = False,
+    only: Sequence[str] | None = None,
+) -> SplitResult:
+    """The rows ``splits.csv`` would get (nothing is written; ``path`` is where it would go).
+
     Args:
         dataset_path: the canonical dataset folder.
         val: share of images for validation (ignored with ``folds``: the validation set is the
@@ -153,6 +176,7 @@ def make_splits(
         seed: random seed; the same inputs and seed always give the same splits.
         workers: processes used to read the masks.
         progress: show a progress bar.
+        only: split just these stems (training's ``--folds K`` folds the non-test images).
     """
     if not 0 <= test < 1 or not 0 <= val < 1 or (folds is None and val + test >= 1):
         raise UsageError(f"--val {val} and --test {test} must be in [0, 1) and sum to less than 1")
@@ -168,6 +192,9 @@ def make_splits(
             ) from None
     dataset = CanonicalDataset(dataset_path)
     samples = dataset.labelled_samples()
+    if only is not None:
+        keep = set(only)
+        samples = [s for s in samples if s.stem in keep]
     if not samples:
         raise DataError(dataset.root, "no labelled images (image + mask) to split")
     previous = dataset.splits()
@@ -244,7 +271,7 @@ def make_splits(
         group = group_name[root] if (len(members) > 1 or root in labels) else ""
         rows.extend(SplitRow(stem, split, group, fold) for stem in members)
     rows.sort(key=lambda r: r.stem)
-    path = dataset.save_splits(rows)
+    path = dataset.root / "splits.csv"
     parts = [p for p in fractions if fractions[p] > 0]
     names = {c.id: c.name for c in dataset.meta.classes}
     part_of = {r.stem: (f"fold{r.fold}" if r.fold is not None else r.split) for r in rows}

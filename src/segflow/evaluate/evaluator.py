@@ -349,6 +349,7 @@ def evaluate(
     """
     from segflow.infer.options import InferenceOptions
     from segflow.models.bundle import read_bundle_meta
+    from segflow.models.ensemble import meta_file
     from segflow.report.eval_report import (
         case_picture,
         confusion_figure,
@@ -367,7 +368,7 @@ def evaluate(
         **inference,
     )  # fmt: skip
     for path, meta in zip(bundles, metas, strict=True):
-        _check_classes(path / "bundle.yaml", f"model {meta.name!r}", meta.classes, ds)
+        _check_classes(meta_file(path), f"model {meta.name!r}", meta.classes, ds)
     samples, label = _samples(ds, split)
     roi_dir = Path(roi) if roi is not None else None
     rois = _roi_files(roi_dir, samples) if roi_dir is not None else {}

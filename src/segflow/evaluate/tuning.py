@@ -32,7 +32,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -176,8 +176,18 @@ def _read(ds: CanonicalDataset, s: Sample, k: int, ignore: int) -> tuple[np.ndar
 read_labelled = _read
 
 
+#: Probabilities of the i-th image, in bands of rows: ``(y0, y1, probs[:, y0:y1])``.
+RowSource = Callable[[int, np.ndarray], Iterable[tuple[int, int, np.ndarray]]]
+
+
+def predictor_rows(predictors: Sequence[Predictor], owner: Sequence[int]) -> RowSource:
+    """Image ``i``'s probabilities from ``predictors[owner[i]]`` (out of fold: its own member)."""
+    return lambda i, image: predictors[owner[i]].probability_rows(image)
+
+
 def _infer_pass(
-    predictor: Predictor,
+    rows: RowSource,
+    binary: bool,
     ds: CanonicalDataset,
     samples: Sequence[Sample],
     folder: Path,
@@ -188,7 +198,6 @@ def _infer_pass(
     from segflow.infer.predictor import argmax_classes
 
     k, ignore = len(ds.meta.classes), ds.meta.ignore_index
-    binary = predictor.task == "binary"
     folder.mkdir()
     run = _Pass(folder, binary, np.zeros((2, BINS), np.int64), np.zeros((k, k), np.int64))
     with ProgressBar(progress, label, len(samples)) as bar:
@@ -196,7 +205,7 @@ def _infer_pass(
             image, truth = _read(ds, s, k, ignore)
             q, labels = np.empty(truth.shape, np.uint8), np.empty(truth.shape, np.uint8)
             started = time.perf_counter()
-            for y0, y1, probs in predictor.probability_rows(image):  # float32 one band at a time
+            for y0, y1, probs in rows(i, image):  # float32 one band at a time
                 if binary:
                     q[y0:y1] = np.minimum(probs[0] * BINS, BINS - 1)  # floor (p >= 0)
                     labels[y0:y1] = probs[0] > threshold
@@ -299,7 +308,8 @@ def tune(
         DataError: the dataset's classes differ from the bundle's; a broken image or mask.
     """
     from segflow.infer.predictor import Predictor, check_settings
-    from segflow.models.bundle import read_bundle_meta, write_updated_bundle
+    from segflow.models.bundle import read_bundle_meta
+    from segflow.models.ensemble import meta_file
 
     started = time.monotonic()
     src = Path(bundle)
@@ -309,57 +319,111 @@ def tune(
         raise UsageError(f"--margin {margin}: must be >= 0 (an absolute score difference)")
     check_settings(None, None, None, None, threads)
     ds = dataset if isinstance(dataset, CanonicalDataset) else CanonicalDataset(dataset)
-    _check_classes(src / "bundle.yaml", f"model {meta.name!r}", meta.classes, ds)
+    _check_classes(meta_file(src), f"model {meta.name!r}", meta.classes, ds)
     samples, label = _samples(ds, split) if stems is None else _stem_samples(ds, stems, split)
+
+    def passes(tta: Sequence[str]) -> RowSource:
+        p = Predictor.from_bundles(src, backend=backend, device=device, tta=list(tta),
+                                   precision=precision, threads=threads, postprocess={})  # fmt: skip
+        return predictor_rows([p], [0] * len(samples))
+
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.tune-", dir=target.absolute().parent))
+    try:
+        result = choose_settings(meta, ds, samples, scratch, passes, passes,
+                                 try_tta=try_tta, margin=margin, progress=progress)  # fmt: skip
+        result.bundle, result.split = target, label
+        result.seconds = round(time.monotonic() - started, 3)
+        _write_tuned(src, target, meta, result, tuning_record(meta, result, ds, margin))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+def choose_settings(
+    meta: BundleMeta,
+    ds: CanonicalDataset,
+    samples: Sequence[Sample],
+    scratch: Path,
+    plain: Callable[[Sequence[str]], RowSource],
+    flipped: Callable[[Sequence[str]], RowSource],
+    *,
+    try_tta: bool,
+    margin: float,
+    progress: bool,
+    plain_seconds: float | None = None,
+) -> TuneResult:
+    """The steps of the module docstring on ``samples``; the passes' files go under ``scratch``.
+
+    ``plain([])`` gives the probabilities without TTA, ``flipped(TTA_CANDIDATE)`` with it (the
+    out-of-fold tuning of an ensemble reads the first from training's saved OOF maps, and gives
+    the time their inference took as ``plain_seconds``, TTA's time ratio being against it).
+    ``bundle``, ``split`` and ``seconds`` of the result are the caller's to fill in.
+    """
     names, ignore = [c.name for c in meta.classes], ds.meta.ignore_index
-    metric = _metric(meta)
+    metric, binary = _metric(meta), meta.task == "binary"
 
     def score(cm: Any) -> float:
         return float(summary(cm, names, "val/")[metric])
 
-    def predictor(tta: Sequence[str]) -> Predictor:
-        return Predictor.from_bundles(src, backend=backend, device=device, tta=list(tta),
-                                      precision=precision, threads=threads, postprocess={})  # fmt: skip
-
     steps: list[Step] = []
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.tune-", dir=target.absolute().parent))
+    run = _infer_pass(plain([]), binary, ds, samples, scratch / "plain", meta.threshold,
+                      progress, "tune: inference")  # fmt: skip
+    if plain_seconds is not None:
+        run.seconds = plain_seconds
+    before = score(run.base)
+    j, current = round(meta.threshold * BINS), before
+    if run.binary and len(samples) >= MIN_THRESHOLD_IMAGES:
+        j, current = _tune_threshold(run, j, current, names[1], steps, margin, score)
+    elif run.binary:
+        steps.append(Step("threshold", names[1], meta.threshold, current, current, False,
+                          f"skipped: {len(samples)} images < {MIN_THRESHOLD_IMAGES}"))  # fmt: skip
+    tta: list[str] = []
+    if try_tta:
+        other = _infer_pass(flipped(TTA_CANDIDATE), binary, ds, samples, scratch / "tta",
+                            meta.threshold, progress, "tune: TTA")  # fmt: skip
+        if _tune_tta(run, other, j, current, steps, margin, score):
+            run, current, tta = other, steps[-1].after, list(TTA_CANDIDATE)
+    post, current = _tune_post(run, j, names, _min_sizes(run), current, steps, margin,
+                               ignore, score)  # fmt: skip
+    kept = any(s.kept for s in steps if s.step == "threshold")
+    return TuneResult(
+        bundle=scratch,
+        metric=metric,
+        split="",
+        images=len(samples),
+        before=before,
+        after=current,
+        steps=steps,
+        threshold=j / BINS if kept else (meta.threshold if run.binary else None),
+        tta=tta,
+        postprocess=post,
+        seconds=0.0,
+    )
+
+
+def _write_tuned(
+    src: Path, target: Path, meta: BundleMeta, result: TuneResult, record: dict[str, Any]
+) -> None:
+    """The tuned bundle (or ensemble: its ``ensemble.yaml`` updated) at ``target``, atomically."""
+    from segflow.models.bundle import write_updated_bundle
+    from segflow.models.ensemble import is_ensemble, read_manifest, write_manifest
+
+    if not is_ensemble(src):
+        write_updated_bundle(src, target, _tuned_meta(meta, result, record))
+        return
+    manifest = read_manifest(src)
+    updated = manifest.model_copy(update=tuned_settings(manifest.threshold, result, record))
+    if target == src:
+        write_manifest(src, updated)
+        return
+    tmp = target.absolute().parent / f".{target.name}.tmp-{os.getpid()}"
     try:
-        run = _infer_pass(predictor([]), ds, samples, scratch / "plain", meta.threshold,
-                          progress, "tune: inference")  # fmt: skip
-        before = score(run.base)
-        j, current = round(meta.threshold * BINS), before
-        if run.binary and len(samples) >= MIN_THRESHOLD_IMAGES:
-            j, current = _tune_threshold(run, j, current, names[1], steps, margin, score)
-        elif run.binary:
-            steps.append(Step("threshold", names[1], meta.threshold, current, current, False,
-                              f"skipped: {len(samples)} images < {MIN_THRESHOLD_IMAGES}"))  # fmt: skip
-        tta: list[str] = []
-        if try_tta:
-            other = _infer_pass(predictor(TTA_CANDIDATE), ds, samples, scratch / "tta",
-                                meta.threshold, progress, "tune: TTA")  # fmt: skip
-            if _tune_tta(run, other, j, current, steps, margin, score):
-                run, current, tta = other, steps[-1].after, list(TTA_CANDIDATE)
-        post, current = _tune_post(run, j, names, _min_sizes(run), current, steps, margin,
-                                   ignore, score)  # fmt: skip
-        result = TuneResult(
-            bundle=target,
-            metric=metric,
-            split=label,
-            images=len(samples),
-            before=before,
-            after=current,
-            steps=steps,
-            threshold=j / BINS if any(s.kept for s in steps if s.step == "threshold") else None,
-            tta=tta,
-            postprocess=post,
-            seconds=round(time.monotonic() - started, 3),
-        )
-        if run.binary and result.threshold is None:
-            result.threshold = meta.threshold
-        write_updated_bundle(src, target, _tuned_meta(meta, result, ds, margin))
+        shutil.copytree(src, tmp)
+        write_manifest(tmp, updated)
+        tmp.rename(target)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return result
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _tune_tta(
@@ -397,15 +461,16 @@ def _tune_threshold(
     return j, current
 
 
-def _tuned_meta(
+def tuning_record(
     meta: BundleMeta, result: TuneResult, ds: CanonicalDataset, margin: float
-) -> BundleMeta:
+) -> dict[str, Any]:
+    """What ``tuning:`` records: the data, the rules, every step's score before and after."""
     from segflow._version import __version__
 
     def num(v: float) -> float | None:
         return None if np.isnan(v) else round(float(v), 6)
 
-    record = {
+    return {
         "created_at": now_iso(),
         "segflow_version": __version__,
         "dataset": {"name": ds.meta.name, "path": str(ds.root.absolute())},
@@ -429,11 +494,25 @@ def _tuned_meta(
         },
         "seconds": result.seconds,
     }
+
+
+def tuned_settings(threshold: float, result: TuneResult, record: dict[str, Any]) -> dict[str, Any]:
+    """The chosen threshold, TTA, post-processing and the record, as manifest fields."""
+    return {
+        "threshold": threshold if result.threshold is None else result.threshold,
+        "tta": list(result.tta),
+        "postprocess": result.postprocess.model_dump(mode="json"),
+        "tuning": record,
+    }
+
+
+def _tuned_meta(meta: BundleMeta, result: TuneResult, record: dict[str, Any]) -> BundleMeta:
+    fields = tuned_settings(meta.threshold, result, record)
     return meta.model_copy(
         update={
-            "threshold": meta.threshold if result.threshold is None else result.threshold,
-            "inference": meta.inference.model_copy(update={"tta": list(result.tta)}),
-            "postprocess": result.postprocess.model_dump(mode="json"),
+            "threshold": fields["threshold"],
+            "inference": meta.inference.model_copy(update={"tta": fields["tta"]}),
+            "postprocess": fields["postprocess"],
             "tuning": record,
         }
     )

@@ -68,7 +68,9 @@ class InferenceOptions(BaseModel):
     postprocess: PostProcess = Field(
         default_factory=PostProcess, description="the bundle's steps plus the flags' steps"
     )
-    combine: Literal["mean", "vote"] = Field("mean", description="ensemble: mean or vote")
+    combine: Literal["mean", "vote"] | None = Field(
+        None, description="ensemble: mean or vote (None: an ensemble bundle's rule, else mean)"
+    )
     flags: list[str] = Field(
         default_factory=list, description="the settings given as flags (the rest: the bundle's)"
     )
@@ -90,7 +92,7 @@ class InferenceOptions(BaseModel):
         min_size: Sequence[str] = (),
         fill_holes: Sequence[str] = (),
         keep_largest: Sequence[str] = (),
-        combine: str = "mean",
+        combine: str | None = None,
     ) -> InferenceOptions:
         """Validate the flags against ``meta`` (the first bundle) and merge its post-processing.
 
@@ -106,7 +108,7 @@ class InferenceOptions(BaseModel):
                 f"--threshold {threshold}: {meta.name} is a {meta.task} model (each pixel takes "
                 "its most probable class); a threshold applies to binary models only"
             )
-        if combine not in ("mean", "vote"):
+        if combine not in (None, "mean", "vote"):
             raise UsageError(f"--combine {combine!r}: use mean or vote")
         names = [c.name for c in meta.classes]
         base = PostProcess.model_validate(meta.postprocess or {})
@@ -183,7 +185,7 @@ class InferenceOptions(BaseModel):
             if meta.task == "binary"
             else None,
             "postprocess": describe_postprocess(post, names),
-            "combine": self.combine,
+            "combine": str(getattr(predictor, "combine", self.combine or "mean")),
             "from_flags": list(self.flags),
         }
 

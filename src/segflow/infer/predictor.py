@@ -161,13 +161,16 @@ class Predictor:
         batch_size: int | None = None,
         threshold: float | None = None,
         postprocess: PostProcess | dict[str, Any] | None = None,
-        combine: Literal["mean", "vote"] = "mean",
+        combine: Literal["mean", "vote"] | None = None,
         threads: int | None = None,
         precision: str = "auto",
     ) -> Predictor:
         """Load bundles (paths to ``NAME.segflow`` folders) with their inference settings.
 
-        Every keyword left at None keeps the bundle's own setting. ``backend``: ``auto`` (the
+        Every keyword left at None keeps the bundle's own setting. An ensemble bundle
+        (:mod:`segflow.models.ensemble`) counts as its members; when it comes first, its combine
+        rule (else ``mean``), threshold and post-processing are the defaults, and its TTA is
+        its members'. ``backend``: ``auto`` (the
         fastest installed backend for the bundle on this machine, measured once and cached; see
         :mod:`segflow.infer.choose`), ``torch``, ``onnx`` or ``openvino``. ``precision``: ``auto``
         (bf16 where the CPU runs it natively and the bundle's export check found it safe),
@@ -176,19 +179,17 @@ class Predictor:
         """
         from segflow.infer.choose import Request, choose_backend
         from segflow.models.bundle import read_bundle_meta
+        from segflow.models.ensemble import expand_bundles
 
-        paths = (
-            [Path(bundles)]
-            if isinstance(bundles, str | os.PathLike)
-            else [Path(b) for b in bundles]
-        )
+        given = [bundles] if isinstance(bundles, str | os.PathLike) else list(bundles)
+        expanded, ensemble = expand_bundles(given)
         if tta is not None:
             bad = [t for t in tta if t not in TTA_FLIPS]
             if bad:
                 raise UsageError(f"unknown TTA flip(s) {bad}; valid: {', '.join(TTA_FLIPS)}")
         check_settings(tile_size, overlap, batch_size, threshold, threads)
         members = []
-        for path in paths:
+        for path, ensemble_tta in expanded:
             meta = read_bundle_meta(path)
             settings = meta.inference
             request = Request(
@@ -210,16 +211,22 @@ class Predictor:
                     overlap=settings.overlap if overlap is None else overlap,
                     blend=settings.blend,
                     batch=batch_size or settings.batch_size,
-                    tta=tuple(settings.tta if tta is None else tta),
+                    tta=tuple(_first_set(tta, ensemble_tta, settings.tta)),
                     choice=choice,
                 )
             )
+        if ensemble is not None:
+            if postprocess is None:
+                postprocess = ensemble.postprocess
+            if threshold is None and ensemble.task == "binary":
+                threshold = ensemble.threshold
+            combine = combine or ensemble.combine
         post = (
             postprocess
             if isinstance(postprocess, PostProcess) or postprocess is None
             else PostProcess.model_validate(postprocess)
         )
-        return cls(members, combine=combine, threshold=threshold, post=post)
+        return cls(members, combine=combine or "mean", threshold=threshold, post=post)
 
     @classmethod
     def for_network(cls, backend: Backend, meta: BundleMeta) -> Predictor:
@@ -575,6 +582,11 @@ def argmax_classes(scores: np.ndarray) -> np.ndarray:
         np.copyto(labels, np.uint8(c), where=better)
         np.maximum(best, scores[c], out=best)
     return labels
+
+
+def _first_set(*choices: Sequence[str] | None) -> Sequence[str]:
+    """The first of ``choices`` that is not None (an empty list is a choice: no TTA)."""
+    return next(c for c in choices if c is not None)
 
 
 def _identity(m: _Member, image: np.ndarray) -> bool:

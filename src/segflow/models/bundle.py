@@ -348,12 +348,20 @@ def _bundle_folder(path: str | os.PathLike[str]) -> Path:
 def read_bundle_meta(path: str | os.PathLike[str]) -> BundleMeta:
     """Read and validate ``bundle.yaml`` without touching the weights.
 
+    An ensemble folder (``ensemble.yaml``, see :mod:`segflow.models.ensemble`) gives its
+    effective metadata: the first member's network, the ensemble's inference settings.
+
     Raises:
         DataError: naming ``bundle.yaml``: missing, not YAML, a schema problem (with the field),
             or written by another major version of segflow.
     """
-    meta_path = _bundle_folder(path) / META_FILE
+    folder = _bundle_folder(path)
+    meta_path = folder / META_FILE
     if not meta_path.is_file():
+        from segflow.models.ensemble import ENSEMBLE_FILE, ensemble_meta
+
+        if (folder / ENSEMBLE_FILE).is_file():  # an ensemble: its effective metadata
+            return ensemble_meta(folder)
         raise DataError(meta_path, "missing: is this a segflow bundle?")
     from segflow._textio import load_yaml, read_text
 
@@ -409,6 +417,10 @@ def load_bundle(
         DataError: naming the broken file (bundle.yaml or the weights).
     """
     folder = _bundle_folder(path)
+    if not (folder / META_FILE).is_file() and (folder / "ensemble.yaml").is_file():
+        raise DataError(
+            folder, "an ensemble of several networks: load its members (see ensemble.yaml)"
+        )
     meta = read_bundle_meta(folder)
     state = read_bundle_weights(folder, meta)
     try:

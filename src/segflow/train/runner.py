@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-import statistics
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from segflow.config import SegflowConfig, config_to_dict, load_config
 from segflow.data.dataset import CanonicalDataset, atomic_write_text, dump_yaml, now_iso
 from segflow.errors import ConfigError, DataError, UsageError
 from segflow.train.data_stats import DataStats, data_stats, resolve_stems
+from segflow.train.ensemble import EnsembleResult, parse_folds, write_fold_summary
 from segflow.train.launch import check_world, external_launch, is_global_rank_zero, shared_run_name
 
 log = logging.getLogger("segflow.train")
@@ -144,12 +144,12 @@ def train(
     overrides: Sequence[str] = (),
     resume: str | os.PathLike[str] | None = None,
     fold: int | None = None,
-    folds: str | None = None,
+    folds: str | int | None = None,
     tracking_uri: str | None = None,
     name: str | None = None,
     progress: bool = False,
     callbacks: Sequence[Any] = (),
-) -> TrainResult | FoldsResult:
+) -> TrainResult | FoldsResult | EnsembleResult:
     """Train a model; see the module docstring for what the run folder holds.
 
     Args:
@@ -158,7 +158,9 @@ def train(
         overrides: ``KEY=VALUE`` strings, applied last.
         resume: a run folder (or name) to continue from its latest checkpoint.
         fold: train with this fold of ``splits.csv`` as validation.
-        folds: ``"all"`` trains every fold in turn and reports mean +- sd.
+        folds: ``"all"`` trains every fold of ``splits.csv`` in turn and reports mean +- sd;
+            a number K >= 2 makes K folds of the non-test images, trains them and writes the
+            ensemble bundle ``ensemble.segflow`` (see :mod:`segflow.train.ensemble`).
         tracking_uri: MLflow tracking URI (overrides ``tracking.uri``).
         name: run name (overrides ``train.name``).
         progress: show progress bars.
@@ -172,6 +174,7 @@ def train(
             progress=progress,
             callbacks=callbacks,
         )
+    k = parse_folds(folds) if folds is not None else None  # before anything else
     cfg = load_config(config, overrides)
     updates: dict[str, Any] = {}
     if data is not None:
@@ -194,13 +197,17 @@ def train(
         run_name = shared_run_name(launch, name or cfg.train.name, _run_prefix(cfg))
     else:
         run_name = name or cfg.train.name or os.environ.get(RUN_NAME_ENV) or default_run_name(cfg)
+    if k is not None:
+        from segflow.train.ensemble import train_fold_ensemble
+
+        return train_fold_ensemble(cfg, run_name, k, progress=progress, callbacks=callbacks)
     if folds is not None:
-        return _train_folds(cfg, run_name, folds, progress=progress, callbacks=callbacks)
+        return _train_folds(cfg, run_name, progress=progress, callbacks=callbacks)
     run_dir = cfg.train.output / run_name
     joining = os.environ.get(RUN_NAME_ENV) == run_name or (launch is not None and launch.rank > 0)
     if (run_dir / "run.json").exists() and not joining:
         raise UsageError(f"{run_dir}: run already exists; choose another --name or --resume it")
-    return _fit(cfg, run_dir, run_name, progress=progress, extra_callbacks=callbacks)
+    return fit_run(cfg, run_dir, run_name, progress=progress, extra_callbacks=callbacks)
 
 
 def default_run_name(cfg: SegflowConfig) -> str:
@@ -214,10 +221,8 @@ def _run_prefix(cfg: SegflowConfig) -> str:
 
 
 def _train_folds(
-    cfg: SegflowConfig, run_name: str, folds: str, *, progress: bool, callbacks: Sequence[Any]
+    cfg: SegflowConfig, run_name: str, *, progress: bool, callbacks: Sequence[Any]
 ) -> FoldsResult:
-    if folds != "all":
-        raise UsageError(f"--folds {folds!r}: only 'all' is supported (use --fold K for one fold)")
     dataset = CanonicalDataset(cfg.data.dataset or ".")
     found = sorted({r.fold for r in dataset.splits().values() if r.fold is not None})
     if not found:
@@ -229,7 +234,7 @@ def _train_folds(
     for k in found:
         fold_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"fold": k})})
         results.append(
-            _fit(
+            fit_run(
                 fold_cfg,
                 root / f"fold{k}",
                 f"{run_name}-fold{k}",
@@ -237,16 +242,8 @@ def _train_folds(
                 extra_callbacks=callbacks,
             )
         )
-    values = [r.best for r in results if r.best is not None]
-    mean = statistics.fmean(values) if values else float("nan")
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    summary = {
-        "monitor": cfg.train.monitor,
-        "folds": {f"fold{k}": r.best for k, r in zip(found, results, strict=True)},
-        "mean": mean,
-        "sd": sd,
-    }
-    atomic_write_text(root / "folds.json", json.dumps(summary, indent=2))
+    bests = {k: r.best for k, r in zip(found, results, strict=True)}
+    mean, sd = write_fold_summary(root, cfg.train.monitor, bests)
     return FoldsResult(root, results, cfg.train.monitor, mean, sd)
 
 
@@ -258,6 +255,7 @@ def _resume(
     progress: bool,
     callbacks: Sequence[Any],
 ) -> TrainResult:
+    from segflow.train.ensemble import FOLDS_FILE, fold_stems, read_fold_rows
     from segflow.train.optim import check_schedule
     from segflow.train.resume import check_changes, load_checkpoint, read_state
 
@@ -273,7 +271,10 @@ def _resume(
     check_schedule(cfg.schedule, cfg.train.epochs, cfg.optimizer.lr)
     if ckpt is None:
         log.warning("%s has no checkpoint yet: starting it again from the beginning", run_dir)
-    return _fit(
+    stems = None
+    if cfg.data.fold is not None and (run_dir.parent / FOLDS_FILE).is_file():  # --folds K
+        stems = fold_stems(read_fold_rows(run_dir.parent / FOLDS_FILE), cfg.data.fold)
+    return fit_run(
         cfg,
         run_dir,
         str(state.get("name", run_dir.name)),
@@ -282,10 +283,11 @@ def _resume(
         state=state,
         extra_callbacks=callbacks,
         checkpoint=checkpoint,
+        stems=stems,
     )
 
 
-def _fit(
+def fit_run(
     cfg: SegflowConfig,
     run_dir: Path,
     run_name: str,
@@ -295,7 +297,10 @@ def _fit(
     state: dict[str, Any] | None = None,
     extra_callbacks: Sequence[Any] = (),
     checkpoint: dict[str, Any] | None = None,
+    stems: dict[str, Sequence[str]] | None = None,
+    tune: bool = True,
 ) -> TrainResult:
+    """Train one run into ``run_dir``; ``stems`` (train/val/test) replace splits.csv's."""
     import lightning as L
 
     from segflow.data.transforms import Preprocessor, resolve_normalization
@@ -313,7 +318,8 @@ def _fit(
         raise ConfigError(
             f"loss.class_weights has {len(weights)} values for {meta.num_classes} classes"
         )
-    stems = resolve_stems(dataset, cfg.data.fold, cfg.train.seed)
+    if stems is None:
+        stems = resolve_stems(dataset, cfg.data.fold, cfg.train.seed)
     if not stems["val"]:
         log.warning("no validation images: the last epoch's weights become the bundle")
     rank_zero = is_global_rank_zero()
@@ -533,7 +539,7 @@ def _fit(
     if rank_zero:
         from segflow.export.onnx import export_after_training
 
-        if t.tune and stems["val"] and (run_dir / "best.segflow").is_dir():
+        if tune and t.tune and stems["val"] and (run_dir / "best.segflow").is_dir():
             tune_after_training(run_dir / "best.segflow", dataset, stems["val"], progress)
         export_after_training(run_dir / "best.segflow")  # fast backends out of the box
         _write_state(run_dir, run_name, cfg, tracking, status="finished", best=best_cb.best,
