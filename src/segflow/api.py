@@ -562,11 +562,13 @@ def review(
     device: str = "auto",
     source: ProbabilitySource | None = None,
     progress: bool = False,
+    from_run: PathLike | None = None,
 ) -> ReviewResult:
     """``segflow review DATASET --bundle B``: rank labelled images by label quality, worst first.
 
     Writes ``review.csv``, ``review.html`` and ``stems.txt`` into ``out`` (``label_next.*`` with
-    ``unlabeled``); ``source`` replaces the bundles' probabilities (e.g. out-of-fold ones). See
+    ``unlabeled``); ``source`` replaces the bundles' probabilities; ``from_run`` takes them from
+    a ``train --folds K`` run's out-of-fold maps. See
     :func:`segflow.review.runner.review`. (Not re-exported as ``segflow.review``: that name is
     the ``segflow.review`` package.)
     """
@@ -585,4 +587,5 @@ def review(
         device=device,
         source=source,
         progress=progress,
+        from_run=from_run,
     )

@@ -174,3 +174,34 @@ def test_a_member_resumes_on_its_own_fold(cli, trained: dict[str, Path]) -> None
     state = json.loads((member / "run.json").read_text())
     assert state["status"] == "finished" and state["epochs"] == 2 and state["fold"] == 1
     read_ensemble(trained["ens"])  # the ensemble keeps its own copy of the member
+
+
+def test_review_from_the_run_scores_every_image_with_its_out_of_fold_map(
+    cli, trained: dict[str, Path]
+) -> None:
+    """`segflow review --from-run RUN`: out-of-fold maps, so the train split is scored too."""
+    from segflow.review.scoring import class_probabilities, score_image
+    from segflow.train.ensemble import dequantise
+
+    ds, run, tmp = trained["ds"], trained["run"], trained["tmp"]
+    res = cli("review", ds, "--from-run", run, "--out", tmp / "rev", "--top", "3")
+    assert res.exit_code == 0, res.stderr
+    assert "in-sample" not in res.stderr  # no warning: these maps are out of sample
+    with (tmp / "rev" / "review.csv").open() as fh:
+        rows = {r["stem"]: r for r in csv.DictReader(fh)}
+    with (run / "ensemble.segflow" / "oof" / "oof.csv").open() as fh:
+        assert set(rows) == {r["stem"] for r in csv.DictReader(fh)}  # every non-test image
+    assert {"train", "val"} <= {r["split"] for r in rows.values()}
+    stem = next(iter(rows))
+    q = np.load(run / "ensemble.segflow" / "oof" / f"{stem}.npy")
+    mask = read_mask(ds / "masks" / f"{stem}.png")
+    expected = score_image(class_probabilities(dequantise(q), True), mask)
+    assert float(rows[stem]["score"]) == pytest.approx(expected.score, abs=1e-4)
+    assert len((tmp / "rev" / "stems.txt").read_text().split()) == 3
+    res = cli("review", ds, "--from-run", ds, "--out", tmp / "rev2")  # not a folds run
+    assert res.exit_code == 1 and "no out-of-fold predictions" in res.stderr
+    res = cli(
+        "review", ds, "--from-run", run, "--bundle", run / "fold0.segflow", "--out", tmp / "r3"
+    )
+    assert res.exit_code == 2 and "leave --bundle out" in res.stderr
+    assert not (tmp / "rev2").exists() and not (tmp / "r3").exists()

@@ -20,6 +20,10 @@ def review(
             help="Model bundle to score with (repeatable: probabilities averaged).",
         ),
     ] = None,
+    from_run: Annotated[
+        Path | None,
+        typer.Option(help="A `train --folds K` run: score with its out-of-fold maps instead."),
+    ] = None,
     top: Annotated[int, typer.Option(help="Worst images listed here and in stems.txt.")] = 20,
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default ./review_DATASETNAME/).")
@@ -60,6 +64,7 @@ def review(
         backend=backend,
         device=device,
         progress=True,
+        from_run=from_run,
     )
     con = console()
     suspects = [r for r in result.rows if r["kind"] != "none"]

@@ -38,6 +38,8 @@ log = logging.getLogger("segflow.infer")
 MIN_PIXELS = 1 << 26
 RASTER_SUFFIXES = (".tif", ".tiff")
 BLOCK = 512
+#: GDAL's block cache while reading and writing windows (MiB; its default is 5% of the RAM).
+GDAL_CACHE_MB = 64
 
 
 class RasterRows:
@@ -179,7 +181,8 @@ def predict_windowed(
 
     from segflow._tempfiles import tag
 
-    with rasterio.open(path) as src:
+    # GDAL's block cache defaults to 5% of the machine's memory and keeps written blocks: bound it
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(path) as src:
         source = RasterRows(src)
         why = predictor.windowed_unsupported(source)
         if why:

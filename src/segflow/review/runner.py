@@ -68,6 +68,38 @@ def bundle_source(bundles: Sequence[Path], *, backend: str, device: str) -> Prob
     return source
 
 
+def oof_source(run: Path) -> tuple[ProbabilitySource, set[str], Path]:
+    """The out-of-fold probabilities of a ``segflow train --folds K`` run, by stem.
+
+    Returns the source, the stems it covers (every non-test image, each predicted by the member
+    that did not train on it) and the ensemble folder (whose classes they follow).
+    """
+    from segflow._textio import read_text
+    from segflow.models.bundle import read_bundle_meta
+    from segflow.train.ensemble import OOF_DIR, dequantise
+
+    ensemble = run / "ensemble.segflow" if (run / "ensemble.segflow").is_dir() else run
+    oof = ensemble / OOF_DIR
+    if not (oof / "oof.csv").is_file():
+        raise DataError(run, "no out-of-fold predictions (ensemble.segflow/oof/oof.csv): make "
+                        "them with `segflow train --folds K`, or review with --bundle")  # fmt: skip
+    binary = read_bundle_meta(ensemble).task == "binary"
+    stems = {row["stem"] for row in csv.DictReader(io.StringIO(read_text(oof / "oof.csv")))}
+
+    def source(stem: str, image: np.ndarray) -> list[np.ndarray]:
+        path = oof / f"{stem}.npy"
+        try:
+            q = np.load(path, allow_pickle=False)  # never a pickle
+        except (OSError, ValueError) as exc:
+            raise DataError(path, f"unreadable out-of-fold map ({exc})") from None
+        if q.dtype != np.uint8 or q.ndim != 3 or q.shape[1:] != image.shape[:2]:
+            raise DataError(path, f"expected a uint8 C x {image.shape[0]} x {image.shape[1]} map, "
+                            f"got {q.dtype} {q.shape}")  # fmt: skip
+        return [class_probabilities(dequantise(q), binary)]
+
+    return source, stems, ensemble
+
+
 def _check_options(top: int, temperature: float, models: int) -> None:
     if top < 1:
         raise UsageError(f"--top {top}: must be at least 1 (the suspects listed and in stems.txt)")
@@ -248,6 +280,7 @@ def review(
     device: str = "auto",
     source: ProbabilitySource | None = None,
     progress: bool = False,
+    from_run: PathLike | None = None,
 ) -> ReviewResult:
     """Score every labelled image's labels; write ``review.csv``, ``review.html``, ``stems.txt``.
 
@@ -265,6 +298,8 @@ def review(
         device: ``auto``, ``cpu``, ``cuda``... for the torch backend.
         source: probabilities to use instead of the bundles' (e.g. out-of-fold ones).
         progress: draw a progress bar on a terminal.
+        from_run: a ``segflow train --folds K`` run: score every image it has an out-of-fold
+            map of with that map (out of sample, so the training images are scored too).
 
     Raises:
         UsageError: an option out of range, an existing output, only training images.
@@ -275,12 +310,24 @@ def review(
     from segflow.models.bundle import read_bundle_meta
 
     paths = [Path(b) for b in bundles]
+    if from_run is not None and (paths or source is not None):
+        raise UsageError("--from-run scores with the run's out-of-fold maps: leave --bundle out")
+    covered: set[str] | None = None
+    manifests = [p / "bundle.yaml" for p in paths]
+    if from_run is not None:
+        source, covered, ensemble = oof_source(Path(from_run))
+        manifests = [ensemble / "ensemble.yaml"]
     _check_options(top, temperature, len(paths) if source is None else 1)
     ds = dataset if isinstance(dataset, CanonicalDataset) else CanonicalDataset(dataset)
-    for path in paths:
-        meta = read_bundle_meta(path)
-        check_classes(path / "bundle.yaml", f"model {meta.name!r}", meta.classes, ds)
+    for manifest in manifests:
+        meta = read_bundle_meta(manifest.parent)
+        check_classes(manifest, f"model {meta.name!r}", meta.classes, ds)
     samples, splits, skipped = _samples(ds, include_train or source is not None)
+    if covered is not None:
+        samples = [s for s in samples if s.stem in covered]
+        if not samples:
+            raise DataError(Path(from_run or ""), "its out-of-fold maps cover none of the "
+                            f"labelled images of {ds.root}")  # fmt: skip
     files = expand_inputs(Path(unlabeled)) if unlabeled is not None else []
     out_dir = Path(out) if out is not None else Path.cwd() / f"review_{ds.meta.name}"
     _check_out(out_dir, overwrite)
