@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
+from segflow._io import atomic_write_text, now_iso
 from segflow._parallel import parallel_map
 from segflow._version import __version__
 from segflow.data import image_io
-from segflow.data.dataset import CanonicalDataset, SplitRow, atomic_write_text, now_iso
+from segflow.data.dataset import CanonicalDataset, SplitRow
 from segflow.data.fingerprint import Fingerprint, SampleStats, nonfinite_problem, sample_stats
 from segflow.errors import DataError, SegflowError, UsageError
 from segflow.registry import Registry

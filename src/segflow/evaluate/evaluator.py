@@ -24,16 +24,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from segflow._io import atomic_write_text, now_iso
 from segflow._progress import ProgressBar
+from segflow.classes import ClassInfo
 from segflow.data import image_io
-from segflow.data.dataset import (
-    SPLIT_NAMES,
-    CanonicalDataset,
-    ClassInfo,
-    Sample,
-    atomic_write_text,
-    now_iso,
-)
+from segflow.data.dataset import SPLIT_NAMES, CanonicalDataset, Sample
 from segflow.errors import DataError, UsageError
 from segflow.evaluate.confusion import ConfusionAccumulator
 from segflow.evaluate.metrics import (

@@ -80,6 +80,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from segflow._io import file_sha256
 from segflow.errors import DataError, SegflowError, UsageError
 from segflow.export.torchscript import quiet_jit
 from segflow.export.verify import (
@@ -88,7 +89,6 @@ from segflow.export.verify import (
     check_bf16,
     check_parity,
     example_input,
-    file_sha256,
     first_line,
     publish,
     torch_runner,

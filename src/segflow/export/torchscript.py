@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from segflow._io import file_sha256
 from segflow.errors import DataError
 from segflow.export.verify import (
     DEFAULT_SHAPES,
     LogitsFn,
     check_parity,
     example_input,
-    file_sha256,
     first_line,
     publish,
     torch_runner,

@@ -17,7 +17,6 @@ Two figures decide:
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,7 +39,6 @@ __all__ = [
     "check_parity",
     "describe_parity",
     "example_input",
-    "file_sha256",
     "first_line",
     "publish",
     "torch_runner",
@@ -270,15 +268,6 @@ def example_input(
     _, height, width = shapes[0]
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(2, in_channels, height, width, generator=generator)
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, hex."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def publish(folder: Path, staged: Path, info: ExportInfo) -> ExportInfo:

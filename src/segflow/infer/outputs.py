@@ -14,8 +14,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from segflow._io import atomic_write_text
+from segflow.classes import ClassInfo
 from segflow.data import image_io
-from segflow.data.dataset import ClassInfo, atomic_write_text
 from segflow.infer.predictor import GeoInfo, Prediction
 
 PolygonFormat = Literal["geojson", "coco"]

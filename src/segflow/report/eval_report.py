@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from segflow._version import __version__
-from segflow.data.dataset import ClassInfo
+from segflow.classes import ClassInfo
 from segflow.report._html import css_color, figure_uri, new_figure, render
 
 log = logging.getLogger("segflow.eval")

@@ -18,7 +18,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from segflow.data.dataset import atomic_write_text
+from segflow._io import atomic_write_text
 
 if TYPE_CHECKING:
     from segflow.models.bundle import BundleMeta

@@ -28,9 +28,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from segflow._io import atomic_write_text, dump_yaml, now_iso
 from segflow._version import __version__
 from segflow.config import SegflowConfig, config_to_dict, load_config
-from segflow.data.dataset import CanonicalDataset, atomic_write_text, dump_yaml, now_iso
+from segflow.data.dataset import CanonicalDataset
 from segflow.errors import ConfigError, DataError, UsageError
 from segflow.train.data_stats import DataStats, data_stats, resolve_stems
 

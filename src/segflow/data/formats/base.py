@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from segflow._io import now_iso
 from segflow._parallel import parallel_map
 from segflow.data import image_io
 from segflow.data.dataset import (
@@ -36,7 +37,6 @@ from segflow.data.dataset import (
     DatasetWriter,
     SourceInfo,
     SplitRow,
-    now_iso,
     write_image_file,
 )
 from segflow.data.formats.classes import (
