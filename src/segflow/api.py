@@ -45,20 +45,33 @@ def check(
     report: PathLike | None = None,
     json_out: PathLike | None = None,
     exclude: PathLike | None = None,
+    html: bool = True,
     workers: int | None = None,
     progress: bool = False,
 ) -> CheckResult:
-    """``segflow check DATASET``: findings (``.report``), written files (``.paths``)."""
-    from segflow.data.qa import run_check
+    """``segflow check DATASET``: findings (``.report``), written files (``.paths``).
 
-    return run_check(
+    Writes ``qa.json``, ``fingerprint.json`` and (with ``html``) the HTML report, by default
+    ``DATASET/qa_report.html``.
+    """
+    from segflow.data.dataset import CanonicalDataset
+    from segflow.data.qa import check_output_file, scan_dataset
+    from segflow.report.qa_report import write_qa_report
+
+    html_out = Path(report) if report else None
+    check_output_file(html_out)  # before any work or output
+    result = scan_dataset(
         dataset,
-        report=Path(report) if report else None,
         json_out=Path(json_out) if json_out else None,
         exclude=Path(exclude) if exclude else None,
         workers=workers,
         progress=progress,
     )
+    if html:
+        folder = CanonicalDataset(dataset)
+        result.paths["html"] = html_out or folder.root / "qa_report.html"
+        write_qa_report(folder, result, result.paths["html"])
+    return result
 
 
 def split(

@@ -157,7 +157,7 @@ def check(
     """Check data quality: broken files, mismatches, duplicates, leakage, class balance."""
     from rich.table import Table
 
-    from segflow.data.qa import run_check
+    from segflow.api import check as run_check
 
     result = run_check(
         dataset, report=report, json_out=json_out, exclude=exclude, workers=workers, progress=True

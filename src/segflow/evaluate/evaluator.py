@@ -39,6 +39,7 @@ from segflow.evaluate.metrics import (
     metric_prefix,
     per_image_rows,
 )
+from segflow.tracking import log_to_mlflow, run_folder
 
 log = logging.getLogger("segflow.eval")
 PathLike = str | os.PathLike[str]
@@ -128,12 +129,6 @@ def _bundle_list(bundle: PathLike | Sequence[PathLike]) -> list[Path]:
 
 def _bundle_name(path: Path) -> str:
     return path.name.removesuffix(".segflow") or path.name
-
-
-def run_folder(bundle: Path) -> Path | None:
-    """The training run folder holding ``bundle`` (it has ``run.json``), else None."""
-    parent = bundle.absolute().parent
-    return parent if (parent / "run.json").is_file() else None
 
 
 def default_out(bundles: Sequence[Path], split_label: str) -> Path:
@@ -250,42 +245,6 @@ def _counts(acc: ConfusionAccumulator, names: Sequence[str]) -> dict[str, Any]:
             for i, name in enumerate(names)
         },
     }
-
-
-def log_to_mlflow(run: Path, metrics: dict[str, float], files: Sequence[Path], folder: str) -> bool:
-    """Log metrics and files to the MLflow run named in ``run/run.json``; never raises.
-
-    Returns:
-        True when logged; False when the run has no MLflow run or logging failed (one warning).
-    """
-    try:
-        state = json.loads((run / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        log.warning(
-            "could not read %s (%s): evaluation not logged to MLflow", run / "run.json", exc
-        )
-        return False
-    run_id, uri = state.get("mlflow_run_id"), state.get("mlflow_uri")
-    if not isinstance(run_id, str) or not isinstance(uri, str) or not run_id or not uri:
-        return False
-    from segflow.train.tracking import reachable
-
-    problem = reachable(uri)
-    try:
-        if problem is not None:
-            raise ConnectionError(problem)
-        from mlflow.entities import Metric
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=uri)
-        stamp = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, v, stamp, 0) for k, v in metrics.items()])
-        for path in files:
-            client.log_artifact(run_id, str(path), folder)
-    except Exception as exc:  # any MLflow/transport failure must not lose the evaluation
-        log.warning("could not log the evaluation to MLflow run %s at %s (%s)", run_id, uri, exc)
-        return False
-    return True
 
 
 def evaluate(

@@ -3,7 +3,8 @@
 segflow never re-implements an encoder or a decoder: this module only checks names (with
 "did you mean" hints), turns SMP's and the hub's exceptions into one-line :class:`ConfigError`
 messages, and hands local weights files (for machines without network) to
-:mod:`segflow.models.weights`. ``init_from_bundle`` starts a network from an earlier bundle.
+:mod:`segflow.models.weights`. Starting a network from an earlier bundle is
+:mod:`segflow.models.warm_start`'s (it reads bundles, which are built with this module).
 """
 
 from __future__ import annotations
@@ -247,60 +248,3 @@ def _is_network_error(exc: BaseException) -> bool:
 
 # ------------------------------------------------------------------------------------------------
 # Starting from an earlier bundle
-
-
-def init_from_bundle(
-    model: torch.nn.Module, bundle_path: str | os.PathLike[str], *, classes: int
-) -> list[str]:
-    """Load an earlier bundle's weights into ``model`` (same architecture and encoder).
-
-    Args:
-        model: a freshly created network.
-        bundle_path: the ``NAME.segflow`` folder.
-        classes: the model's output channels; when the bundle has another count, the
-            segmentation (and auxiliary) heads keep their fresh initialisation.
-
-    Returns:
-        Messages for the user (e.g. that the head was re-initialised).
-    """
-    from segflow.models.bundle import read_bundle_meta, read_bundle_weights
-
-    bundle = Path(bundle_path)
-    meta = read_bundle_meta(bundle)
-    arch = type(model).__name__
-    encoder = getattr(model, "_hub_mixin_config", {}).get("encoder_name")
-    same_encoder = encoder is None or str(encoder).lower() == meta.encoder.lower()
-    if canonical_arch(meta.arch) != arch or not same_encoder:
-        raise ConfigError(
-            f"{bundle}: holds a {meta.arch} with encoder {meta.encoder}, the model is a {arch} with "
-            f"encoder {encoder}; set model.arch and model.encoder to match, or drop model.init_from"
-        )
-    state = read_bundle_weights(bundle, meta)
-    messages: list[str] = []
-    heads = ("segmentation_head.", "classification_head.")
-    if meta.out_channels != classes:
-        state = {k: v for k, v in state.items() if not k.startswith(heads)}
-        messages.append(
-            f"re-initialised the segmentation head: {meta.out_channels} classes in bundle, {classes} now"
-        )
-    own = model.state_dict()
-    missing = [
-        k
-        for k in own
-        if k not in state and not (meta.out_channels != classes and k.startswith(heads))
-    ]
-    problems = [f"missing {k!r}" for k in missing] + [
-        f"unexpected {k!r}" for k in state if k not in own
-    ]
-    problems += [
-        f"{k!r} has shape {tuple(v.shape)}, the model's {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    if problems:
-        raise ConfigError(
-            f"{bundle}: weights do not fit the model ({problems[0]}; {len(problems)} problems): "
-            "were in_channels or model.kwargs different?"
-        )
-    model.load_state_dict(state, strict=False)
-    return messages

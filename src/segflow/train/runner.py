@@ -290,11 +290,11 @@ def _fit(
     import lightning as L
 
     from segflow.data.transforms import Preprocessor, resolve_normalization
+    from segflow.tracking import git_sha, start_tracking
     from segflow.train.callbacks import BestBundle, History, Overlays, epoch_progress_bar
     from segflow.train.data import SegmentationData
     from segflow.train.losses import auto_class_weights
     from segflow.train.task import SegmentationTask
-    from segflow.train.tracking import git_sha, start_tracking
 
     dataset = CanonicalDataset(cfg.data.dataset or ".")
     meta = dataset.meta
