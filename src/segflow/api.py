@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from segflow import _serve_defaults
+
 if TYPE_CHECKING:
     from segflow.data.formats.base import ImportReport
     from segflow.data.qa import CheckResult
@@ -140,15 +142,13 @@ def export_model(
     Returns:
         The export's entry in ``bundle.yaml`` (file, exporter, opset, parity...).
     """
-    import difflib
-
     from segflow.errors import UsageError
+    from segflow.registry import did_you_mean
 
     if not tolerance >= 0:  # also NaN
         raise UsageError(f"--tolerance {tolerance}: must be >= 0 (max |logit difference|)")
     if format not in MODEL_FORMATS:
-        close = difflib.get_close_matches(format.lower(), MODEL_FORMATS, n=1, cutoff=0.5)
-        hint = f" (did you mean {close[0]}?)" if close else ""
+        hint = did_you_mean(format, MODEL_FORMATS, cutoff=0.5)
         raise UsageError(
             f"unknown model export format {format!r}{hint}; valid: {', '.join(MODEL_FORMATS)}"
         )
@@ -362,11 +362,11 @@ def serve(
     port: int = 9009,
     workers: int = 1,
     api_key: str | None = None,
-    max_upload_mb: float = 20.0,
-    max_pixels: int = 40_000_000,
-    max_concurrency: int = 2,
-    max_queue: int = 32,
-    timeout: float = 60.0,
+    max_upload_mb: float = _serve_defaults.MAX_UPLOAD_MB,
+    max_pixels: int = _serve_defaults.MAX_PIXELS,
+    max_concurrency: int = _serve_defaults.MAX_CONCURRENCY,
+    max_queue: int = _serve_defaults.MAX_QUEUE,
+    timeout: float = _serve_defaults.REQUEST_TIMEOUT_S,
     cors: Sequence[str] = (),
     backend: str = "auto",
     log_level: str = "info",

@@ -9,13 +9,13 @@ messages, and hands local weights files (for machines without network) to
 
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segflow.errors import ConfigError
 from segflow.models.weights import WEIGHT_SUFFIXES, load_encoder_weights
+from segflow.registry import did_you_mean
 
 if TYPE_CHECKING:
     import torch
@@ -38,11 +38,6 @@ _NETWORK_ERRORS = frozenset({
 # fmt: on
 # What SMP (and timm below it) raise for names, combinations and arguments they reject.
 _REJECTIONS = (ValueError, KeyError, TypeError, AssertionError, RuntimeError, NotImplementedError)
-
-
-def _did_you_mean(name: str, candidates: list[str], n: int = 3) -> str:
-    close = difflib.get_close_matches(name, candidates, n=n, cutoff=0.6)
-    return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
 def _first_line(exc: BaseException) -> str:
@@ -68,8 +63,7 @@ def canonical_arch(name: str) -> str:
     by_key = {a.lower(): a for a in ARCHITECTURES}
     found = by_key.get(name.lower())
     if found is None:
-        close = difflib.get_close_matches(name.lower(), list(by_key), n=3, cutoff=0.6)
-        hint = f" (did you mean {', '.join(by_key[c] for c in close)}?)" if close else ""
+        hint = did_you_mean(name, ARCHITECTURES, n=3)
         raise ConfigError(f"unknown architecture {name!r}{hint}; valid: {', '.join(ARCHITECTURES)}")
     return found
 
@@ -84,8 +78,7 @@ def canonical_encoder(name: str) -> str:
             return f"tu-{base}"
         if timm.is_model(base.lower()):
             return f"tu-{base.lower()}"
-        close = difflib.get_close_matches(base.lower(), timm.list_models(), n=3, cutoff=0.6)
-        hint = f" (did you mean {', '.join('tu-' + c for c in close)}?)" if close else ""
+        hint = did_you_mean(base, timm.list_models(), n=3, prefix="tu-")
         raise ConfigError(
             f"unknown encoder {name!r}{hint}; 'tu-' takes a name from timm.list_models()"
         )
@@ -94,7 +87,7 @@ def canonical_encoder(name: str) -> str:
     if name.lower() in by_key:
         return by_key[name.lower()]
     raise ConfigError(
-        f"unknown encoder {name!r}{_did_you_mean(name.lower(), names)}; "
+        f"unknown encoder {name!r}{did_you_mean(name.lower(), names, n=3)}; "
         "see segflow.models.factory.list_encoders(), or use 'tu-<timm model name>'"
     )
 
@@ -190,7 +183,7 @@ def _check_kwargs(arch: str, encoder: str, kwargs: dict[str, Any]) -> None:
             )
         if key not in valid and not encoder.startswith("tu-"):
             raise ConfigError(
-                f"{arch} takes no argument {key!r}{_did_you_mean(key, valid)}; valid: "
+                f"{arch} takes no argument {key!r}{did_you_mean(key, valid, n=3)}; valid: "
                 f"{', '.join(valid)} (other arguments go to the encoder only for tu- encoders)"
             )
 
@@ -224,7 +217,7 @@ def _pretrained_name(encoder: str, name: str) -> str | bool:
     available = sorted(smp.encoders.encoders[encoder]["pretrained_settings"])
     if name not in available:
         raise ConfigError(
-            f"encoder {encoder} has no weights {name!r}{_did_you_mean(name, available)}; "
+            f"encoder {encoder} has no weights {name!r}{did_you_mean(name, available, n=3)}; "
             f"available: {', '.join(available) or 'none'} (or a local file, or null)"
         )
     return name

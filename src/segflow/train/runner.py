@@ -293,17 +293,15 @@ def _fit(
     from segflow.tracking import git_sha, start_tracking
     from segflow.train.callbacks import BestBundle, History, Overlays, epoch_progress_bar
     from segflow.train.data import SegmentationData
-    from segflow.train.losses import auto_class_weights
+    from segflow.train.losses import auto_class_weights, check_class_weights
     from segflow.train.task import SegmentationTask
 
     dataset = CanonicalDataset(cfg.data.dataset or ".")
     meta = dataset.meta
     task_kind: Literal["binary", "multiclass"] = "binary" if meta.num_classes == 2 else "multiclass"
     weights = cfg.loss.class_weights
-    if isinstance(weights, list) and len(weights) != meta.num_classes:  # before any run folder
-        raise ConfigError(
-            f"loss.class_weights has {len(weights)} values for {meta.num_classes} classes"
-        )
+    if isinstance(weights, list):  # before any run folder
+        check_class_weights(weights, meta.num_classes)
     stems = resolve_stems(dataset, cfg.data.fold, cfg.train.seed)
     if not stems["val"]:
         log.warning("no validation images: the last epoch's weights become the bundle")
@@ -338,11 +336,7 @@ def _fit(
     if weights == "auto":
         class_weights = auto_class_weights(stats.class_pixels)
     elif isinstance(weights, list):
-        if len(weights) != meta.num_classes:
-            raise ConfigError(
-                f"loss.class_weights has {len(weights)} values for {meta.num_classes} classes"
-            )
-        class_weights = [float(w) for w in weights]
+        class_weights = check_class_weights(weights, meta.num_classes)
     else:
         class_weights = None
 
