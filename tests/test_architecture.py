@@ -254,3 +254,59 @@ def test_checker_flags_a_cycle(tmp_path: Path) -> None:
         },
     )
     assert cycles(root) == {("segflow.models.bundle", "segflow.models.factory")}
+
+
+#: Body lines (after the signature and docstring) above which a function needs a ``# Long:``
+#: comment right above its ``def`` (or decorators) saying why it is not split.
+MAX_BODY_LINES = 80
+
+
+def long_functions(root: Path) -> dict[str, int]:
+    """``module:function`` -> body lines, for functions over the limit without a ``# Long:``."""
+    found: dict[str, int] = {}
+    for path in sorted((root / "segflow").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                body = body[1:]
+            if not body or body[-1].end_lineno is None:
+                continue
+            length = body[-1].end_lineno - body[0].lineno + 1
+            if length > MAX_BODY_LINES and not _says_why(lines, node):
+                found[f"{module_name(path, root)}:{node.name}"] = length
+    return found
+
+
+def _says_why(lines: list[str], node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """Whether the comment block right above the ``def`` (or decorators) has a ``# Long:``."""
+    row = min([node.lineno, *(d.lineno for d in node.decorator_list)]) - 2
+    while row >= 0 and lines[row].strip().startswith("#"):
+        if lines[row].strip().startswith("# Long:"):
+            return True
+        row -= 1
+    return False
+
+
+def test_long_functions_say_why() -> None:
+    assert long_functions(SRC) == {}, "split these, or say why above the def ('# Long: ...')"
+
+
+def test_length_checker_flags_a_long_function(tmp_path: Path) -> None:
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_BODY_LINES + 1))
+    root = _fake_tree(
+        tmp_path,
+        {
+            "a.py": f'def long():\n    """Doc."""\n{body}',
+            "b.py": f"# Long: a table of steps,\n# one per line\ndef fine():\n{body}",
+            "d.py": f"# a comment that says nothing\ndef unexplained():\n{body}",
+            "c.py": "def short():\n    return 1\n",
+        },
+    )
+    assert long_functions(root) == {
+        "segflow.a:long": MAX_BODY_LINES + 1,
+        "segflow.d:unexplained": MAX_BODY_LINES + 1,
+    }

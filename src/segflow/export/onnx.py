@@ -329,6 +329,8 @@ def _bf16_runners(model: torch.nn.Module, staged: Path) -> dict[str, LogitsFn]:
     return runners
 
 
+# Long: the exporter fallback (stage -> verify -> publish, legacy then dynamo) is still inline;
+# issue 17 plans one stage/verify/publish loop shared with torchscript.py (not done yet).
 def export_onnx(
     bundle_path: str | os.PathLike[str],
     *,

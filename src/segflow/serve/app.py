@@ -330,8 +330,8 @@ def _add_service_routes(
         return FileResponse(index, media_type="text/html")
 
 
-# The route's signature is its OpenAPI schema (one declared Query per option), which makes this
-# function longer than ~80 lines; the work itself is in _job and _gated.
+# Long: the route's signature is its OpenAPI schema (one declared Query per option); the work
+# itself is in _job and _gated.
 def _add_predict_route(
     app: FastAPI, predictor: ServedPredictor, cfg: ServeSettings, gate: Gate, guarded: list[Any]
 ) -> None:
