@@ -27,17 +27,20 @@ def import_dataset(
 ) -> ImportReport:
     """``segflow import FORMAT SRC OUT``: options are the command's flags (``classes=``, ``strict=``...).
 
-    Returns the import report (classes, per-class pixel counts, warnings).
+    Returns the import report (classes, per-class pixel counts, warnings). A bad option raises a
+    UsageError naming it as the command's flag (``--line-width: ...``), as ``segflow import`` does.
     """
     from pydantic import ValidationError
 
     from segflow.data.formats.base import ImportOptions, run_import
-    from segflow.errors import UsageError, validation_message
+    from segflow.errors import UsageError
 
     try:
-        opts = ImportOptions(**options)
+        opts = ImportOptions.model_validate(options)
     except ValidationError as exc:
-        raise UsageError(validation_message(exc)) from None
+        first = exc.errors()[0]
+        flag = "-".join(str(p) for p in first["loc"]).replace("_", "-")
+        raise UsageError(f"--{flag}: {first['msg']}") from None
     return run_import(format, src, out, opts, progress=progress)
 
 
