@@ -123,10 +123,6 @@ def export_dataset(
     return exporter(CanonicalDataset(dataset), Path(out), overwrite=overwrite, progress=progress)
 
 
-#: Model export formats: ``segflow export BUNDLE --format FORMAT``.
-MODEL_FORMATS = ("onnx", "torchscript")
-
-
 def export_model(
     bundle: PathLike,
     *,
@@ -146,24 +142,12 @@ def export_model(
         The export's entry in ``bundle.yaml`` (file, exporter, opset, parity...).
     """
     from segflow.errors import UsageError
-    from segflow.registry import did_you_mean
+    from segflow.export.registry import MODEL_EXPORTERS
 
     if not tolerance >= 0:  # also NaN
         raise UsageError(f"--tolerance {tolerance}: must be >= 0 (max |logit difference|)")
-    if format not in MODEL_FORMATS:
-        hint = did_you_mean(format, MODEL_FORMATS, cutoff=0.5)
-        raise UsageError(
-            f"unknown model export format {format!r}{hint}; valid: {', '.join(MODEL_FORMATS)}"
-        )
-    if format == "onnx":
-        from segflow.export.onnx import export_onnx
-
-        return export_onnx(bundle, opset=opset, exporter=exporter, tolerance=tolerance)
-    if opset is not None or exporter != "auto":
-        raise UsageError("--opset and --exporter apply to --format onnx only")
-    from segflow.export.torchscript import export_torchscript
-
-    return export_torchscript(bundle, tolerance=tolerance)
+    run = MODEL_EXPORTERS.get(format)  # unknown: UsageError listing the formats
+    return run(bundle, opset=opset, exporter=exporter, tolerance=tolerance)
 
 
 def predict(

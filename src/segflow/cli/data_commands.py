@@ -275,12 +275,15 @@ def export(
             raise UsageError("--format is required to export a bundle: onnx or torchscript")
         _export_bundle(bundle, format, opset, exporter, tolerance)
         return
-    from segflow.api import MODEL_FORMATS, export_dataset
+    from segflow.api import export_dataset
     from segflow.data.formats import EXPORTERS
+    from segflow.export.registry import MODEL_EXPORTERS
 
     if target not in EXPORTERS:
         hint = (
-            f" (models: segflow export BUNDLE --format {target})" if target in MODEL_FORMATS else ""
+            f" (models: segflow export BUNDLE --format {target})"
+            if target in MODEL_EXPORTERS
+            else ""
         )
         raise UsageError(
             f"unknown export target {target!r}: give a bundle folder (NAME.segflow) or a "
