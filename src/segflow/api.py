@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from segflow import _serve_defaults
+
 if TYPE_CHECKING:
     from segflow.data.formats.base import ImportReport
     from segflow.data.qa import CheckResult
@@ -26,17 +28,20 @@ def import_dataset(
 ) -> ImportReport:
     """``segflow import FORMAT SRC OUT``: options are the command's flags (``classes=``, ``strict=``...).
 
-    Returns the import report (classes, per-class pixel counts, warnings).
+    Returns the import report (classes, per-class pixel counts, warnings). A bad option raises a
+    UsageError naming it as the command's flag (``--line-width: ...``), as ``segflow import`` does.
     """
     from pydantic import ValidationError
 
     from segflow.data.formats.base import ImportOptions, run_import
-    from segflow.errors import UsageError, validation_message
+    from segflow.errors import UsageError
 
     try:
-        opts = ImportOptions(**options)
+        opts = ImportOptions.model_validate(options)
     except ValidationError as exc:
-        raise UsageError(validation_message(exc)) from None
+        first = exc.errors()[0]
+        flag = "-".join(str(p) for p in first["loc"]).replace("_", "-")
+        raise UsageError(f"--{flag}: {first['msg']}") from None
     return run_import(format, src, out, opts, progress=progress)
 
 
@@ -46,20 +51,33 @@ def check(
     report: PathLike | None = None,
     json_out: PathLike | None = None,
     exclude: PathLike | None = None,
+    html: bool = True,
     workers: int | None = None,
     progress: bool = False,
 ) -> CheckResult:
-    """``segflow check DATASET``: findings (``.report``), written files (``.paths``)."""
-    from segflow.data.qa import run_check
+    """``segflow check DATASET``: findings (``.report``), written files (``.paths``).
 
-    return run_check(
+    Writes ``qa.json``, ``fingerprint.json`` and (with ``html``) the HTML report, by default
+    ``DATASET/qa_report.html``.
+    """
+    from segflow.data.dataset import CanonicalDataset
+    from segflow.data.qa import check_output_file, scan_dataset
+    from segflow.report.qa_report import write_qa_report
+
+    html_out = Path(report) if report else None
+    check_output_file(html_out)  # before any work or output
+    result = scan_dataset(
         dataset,
-        report=Path(report) if report else None,
         json_out=Path(json_out) if json_out else None,
         exclude=Path(exclude) if exclude else None,
         workers=workers,
         progress=progress,
     )
+    if html:
+        folder = CanonicalDataset(dataset)
+        result.paths["html"] = html_out or folder.root / "qa_report.html"
+        write_qa_report(folder, result, result.paths["html"])
+    return result
 
 
 def split(
@@ -106,10 +124,6 @@ def export_dataset(
     return exporter(CanonicalDataset(dataset), Path(out), overwrite=overwrite, progress=progress)
 
 
-#: Model export formats: ``segflow export BUNDLE --format FORMAT``.
-MODEL_FORMATS = ("onnx", "torchscript")
-
-
 def export_model(
     bundle: PathLike,
     *,
@@ -131,43 +145,18 @@ def export_model(
     Returns:
         The export's entry in ``bundle.yaml`` (file, exporter, opset, parity...).
     """
-    import difflib
-
     from segflow.errors import UsageError
+    from segflow.export.registry import MODEL_EXPORTERS
 
     if not tolerance >= 0:  # also NaN
         raise UsageError(f"--tolerance {tolerance}: must be >= 0 (max |logit difference|)")
-    if format not in MODEL_FORMATS:
-        close = difflib.get_close_matches(format.lower(), MODEL_FORMATS, n=1, cutoff=0.5)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise UsageError(
-            f"unknown model export format {format!r}{hint}; valid: {', '.join(MODEL_FORMATS)}"
-        )
+    run = MODEL_EXPORTERS.get(format)  # unknown: UsageError listing the formats
     from segflow.models.ensemble import is_ensemble, read_ensemble
 
     if is_ensemble(bundle):
         members = read_ensemble(bundle).members  # the whole ensemble checked first
-        return [
-            _export_one(m, format=format, opset=opset, exporter=exporter, tolerance=tolerance)
-            for m in members
-        ]
-    return _export_one(bundle, format=format, opset=opset, exporter=exporter, tolerance=tolerance)
-
-
-def _export_one(
-    bundle: PathLike, *, format: str, opset: int | None, exporter: str, tolerance: float
-) -> ExportInfo:
-    from segflow.errors import UsageError
-
-    if format == "onnx":
-        from segflow.export.onnx import export_onnx
-
-        return export_onnx(bundle, opset=opset, exporter=exporter, tolerance=tolerance)
-    if opset is not None or exporter != "auto":
-        raise UsageError("--opset and --exporter apply to --format onnx only")
-    from segflow.export.torchscript import export_torchscript
-
-    return export_torchscript(bundle, tolerance=tolerance)
+        return [run(m, opset=opset, exporter=exporter, tolerance=tolerance) for m in members]
+    return run(bundle, opset=opset, exporter=exporter, tolerance=tolerance)
 
 
 def predict(
@@ -214,12 +203,9 @@ def predict(
     ``openvino``; ``precision`` ``auto``, ``f32`` or ``bf16``; the choice and its reason are
     logged on ``segflow.infer`` (the CLI prints them).
     """
-    from segflow._progress import ProgressBar
     from segflow.errors import UsageError
     from segflow.infer.options import InferenceOptions
-    from segflow.infer.outputs import write_coco, write_prediction
     from segflow.infer.predictor import expand_inputs
-    from segflow.infer.windowed import try_windowed
     from segflow.models.bundle import read_bundle_meta
 
     paths = (
@@ -233,15 +219,7 @@ def predict(
         raise UsageError(f"{out_dir}: --out is a file, not a folder")
     _check_engine(engine, address, workers, gpus_per_worker, overwrite, polygons)
     if polygons is not None:
-        from segflow.infer.windowed import large_raster
-
-        for f in files:
-            if large_raster(f):  # refused before any work, not skipped
-                raise UsageError(
-                    f"{f}: too large to hold whole (predicted window by window): --polygons "
-                    "needs the whole label image; polygonize its _mask.tif instead "
-                    "(e.g. gdal_polygonize.py or rasterio.features.shapes)"
-                )
+        _refuse_polygons_of_large_rasters(files)
     options = InferenceOptions.from_flags(
         read_bundle_meta(paths[0]),
         backend=backend,
@@ -273,6 +251,39 @@ def predict(
         ]
     predictor = options.predictor(paths)
     logging.getLogger("segflow.infer.backend").info("%s", predictor.describe_backends())
+    return _predict_local(predictor, files, out_dir, color=color, overlay=overlay, probs=probs,
+                          polygons=polygons, progress=progress)  # fmt: skip
+
+
+def _refuse_polygons_of_large_rasters(files: Sequence[Path]) -> None:
+    from segflow.errors import UsageError
+    from segflow.infer.windowed import large_raster
+
+    for f in files:
+        if large_raster(f):  # refused before any work, not skipped
+            raise UsageError(
+                f"{f}: too large to hold whole (predicted window by window): --polygons "
+                "needs the whole label image; polygonize its _mask.tif instead "
+                "(e.g. gdal_polygonize.py or rasterio.features.shapes)"
+            )
+
+
+def _predict_local(
+    predictor: Any,
+    files: Sequence[Path],
+    out_dir: Path,
+    *,
+    color: bool,
+    overlay: bool,
+    probs: bool,
+    polygons: str | None,
+    progress: bool,
+) -> list[dict[str, Path]]:
+    """The local engine: each image predicted and written in turn (rasters window by window)."""
+    from segflow._progress import ProgressBar
+    from segflow.infer.outputs import write_coco, write_prediction
+    from segflow.infer.windowed import try_windowed
+
     written = []
     kept = []
     with ProgressBar(progress, "predict", len(files)) as bar:
@@ -439,11 +450,11 @@ def serve(
     port: int = 9009,
     workers: int = 1,
     api_key: str | None = None,
-    max_upload_mb: float = 20.0,
-    max_pixels: int = 40_000_000,
-    max_concurrency: int = 2,
-    max_queue: int = 32,
-    timeout: float = 60.0,
+    max_upload_mb: float = _serve_defaults.MAX_UPLOAD_MB,
+    max_pixels: int = _serve_defaults.MAX_PIXELS,
+    max_concurrency: int = _serve_defaults.MAX_CONCURRENCY,
+    max_queue: int = _serve_defaults.MAX_QUEUE,
+    timeout: float = _serve_defaults.REQUEST_TIMEOUT_S,
     cors: Sequence[str] = (),
     backend: str = "auto",
     log_level: str = "info",

@@ -7,7 +7,6 @@ nothing is ever evaluated). Unknown keys are errors that suggest the closest val
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from segflow.errors import ConfigError
+from segflow.registry import did_you_mean
 
 LOSS_NAMES = ("ce", "bce", "dice", "focal", "lovasz", "tversky", "jaccard", "cldice")
 
@@ -165,8 +165,7 @@ class LossConfig(_Section):
     def _check_terms(cls, value: dict[str, float]) -> dict[str, float]:
         for name, weight in value.items():
             if name not in LOSS_NAMES:
-                close = difflib.get_close_matches(name, LOSS_NAMES, n=1)
-                hint = f" (did you mean {close[0]}?)" if close else ""
+                hint = did_you_mean(name, LOSS_NAMES)
                 raise ValueError(f"unknown loss {name!r}{hint}; valid: {', '.join(LOSS_NAMES)}")
             if weight < 0:
                 raise ValueError(f"loss weight for {name} must be >= 0")
@@ -414,8 +413,7 @@ def _explain(exc: ValidationError, source: str) -> ConfigError:
     first = next((e for e in errors if e["type"] != "literal_error"), errors[0])
     loc = _loc(first["loc"])
     if first["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(loc, _known_keys(SegflowConfig), n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]}?)" if close else ""
+        hint = did_you_mean(loc, _known_keys(SegflowConfig))
         return ConfigError(
             f"{source}: unknown key {loc!r}{hint}; see `segflow config show --defaults`"
         )

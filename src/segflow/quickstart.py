@@ -49,6 +49,7 @@ def _split_images(dataset: Path, split: str) -> list[Path]:
     return [s.image for s in CanonicalDataset(dataset).labelled_samples(split)]
 
 
+# Long: the tour itself, one short block per pipeline stage in the order a user runs them.
 def run_quickstart(
     out: Path, *, overwrite: bool = False, progress: bool = False
 ) -> QuickstartResult:

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from segflow.errors import UnknownNameError
 
 T = TypeVar("T")
+
+
+def did_you_mean(
+    name: str, candidates: Iterable[str], *, n: int = 1, cutoff: float = 0.6, prefix: str = ""
+) -> str:
+    """`` (did you mean a, b?)`` for the candidates closest to ``name`` (any case), else ``""``.
+
+    The one home of the hint every "unknown name" message carries. Candidates are shown as they
+    are spelled, after ``prefix`` (``"tu-"`` for timm encoders).
+    """
+    spelled = {c.lower(): c for c in candidates}
+    close = difflib.get_close_matches(name.lower(), list(spelled), n=n, cutoff=cutoff)
+    return f" (did you mean {', '.join(prefix + spelled[c] for c in close)}?)" if close else ""
 
 
 class Registry(Generic[T]):
@@ -47,8 +60,7 @@ class Registry(Generic[T]):
 
     def unknown_message(self, name: str) -> str:
         """The message for an unknown ``name``: valid names and the closest matches."""
-        close = difflib.get_close_matches(name.lower(), list(self._items), n=3, cutoff=0.5)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        hint = did_you_mean(name, self._items, n=3, cutoff=0.5)
         return f"unknown {self.kind} {name!r}{hint}; valid: {', '.join(self.names())}"
 
     def names(self) -> list[str]:

@@ -10,8 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
+from segflow.api import check as run_check
 from segflow.data.dataset import CanonicalDataset, SegmentationDataset, SplitRow
-from segflow.data.qa import QA_CHECKS, Severity, run_check
+from segflow.data.qa import QA_CHECKS, Severity
 from tests.fixtures.synthetic import make_dataset
 
 

@@ -199,7 +199,7 @@ def test_auto_measures_once_then_caches_until_the_bundle_changes(
 def test_cache_falls_back_to_the_user_cache(
     bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from segflow.data import dataset
+    from segflow import _io as dataset
 
     real = dataset.atomic_write_text
 

@@ -22,10 +22,10 @@ from segflow.models.factory import (
     ARCHITECTURES,
     canonical_arch,
     create_model,
-    init_from_bundle,
     list_architectures,
     list_encoders,
 )
+from segflow.models.warm_start import init_from_bundle
 from tests.models import make_meta
 
 # A small network for the weights tests: resnet18 cut after layer2, a narrow decoder.

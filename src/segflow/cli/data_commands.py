@@ -74,38 +74,30 @@ def import_(
     ] = None,
 ) -> None:
     """Import annotations into a new canonical dataset (images/, masks/, dataset.yaml)."""
-    from pydantic import ValidationError
+    from segflow.api import import_dataset
 
-    from segflow.data.formats.base import ImportOptions, run_import
-    from segflow.errors import UsageError
-
-    try:
-        options = ImportOptions.model_validate(
-            {
-                "classes": classes,
-                "strict": strict,
-                "images": images,
-                "crowd": crowd,
-                "line_width": line_width,
-                "point_radius": point_radius,
-                "label_property": label_property,
-                "coords": coords,
-                "img_suffix": img_suffix,
-                "seg_suffix": seg_suffix,
-                "reduce_zero_label": reduce_zero_label,
-                "palette": palette,
-                "skip_bad": skip_bad,
-                "overwrite": overwrite,
-                "name": name,
-                "workers": workers,
-            }
-        )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise UsageError(
-            f"--{'-'.join(str(p) for p in first['loc']).replace('_', '-')}: {first['msg']}"
-        ) from None
-    report = run_import(format, src, out, options, progress=True)
+    report = import_dataset(
+        format,
+        src,
+        out,
+        progress=True,
+        classes=classes,
+        strict=strict,
+        images=images,
+        crowd=crowd,
+        line_width=line_width,
+        point_radius=point_radius,
+        label_property=label_property,
+        coords=coords,
+        img_suffix=img_suffix,
+        seg_suffix=seg_suffix,
+        reduce_zero_label=reduce_zero_label,
+        palette=palette,
+        skip_bad=skip_bad,
+        overwrite=overwrite,
+        name=name,
+        workers=workers,
+    )
     _print_import_summary(report)
 
 
@@ -157,7 +149,7 @@ def check(
     """Check data quality: broken files, mismatches, duplicates, leakage, class balance."""
     from rich.table import Table
 
-    from segflow.data.qa import run_check
+    from segflow.api import check as run_check
 
     result = run_check(
         dataset, report=report, json_out=json_out, exclude=exclude, workers=workers, progress=True
@@ -287,12 +279,15 @@ def export(
             raise UsageError("--format is required to export a bundle: onnx or torchscript")
         _export_bundle(bundle, format, opset, exporter, tolerance)
         return
-    from segflow.api import MODEL_FORMATS, export_dataset
+    from segflow.api import export_dataset
     from segflow.data.formats import EXPORTERS
+    from segflow.export.registry import MODEL_EXPORTERS
 
     if target not in EXPORTERS:
         hint = (
-            f" (models: segflow export BUNDLE --format {target})" if target in MODEL_FORMATS else ""
+            f" (models: segflow export BUNDLE --format {target})"
+            if target in MODEL_EXPORTERS
+            else ""
         )
         raise UsageError(
             f"unknown export target {target!r}: give a bundle folder (NAME.segflow) or a "

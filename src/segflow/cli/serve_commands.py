@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from segflow import _serve_defaults as defaults
 from segflow.cli._common import cli_errors
 
 
@@ -30,19 +31,21 @@ def serve(
             show_default=False,
         ),
     ] = None,
-    max_upload_mb: Annotated[float, typer.Option(help="Largest request body in MiB.")] = 20.0,
+    max_upload_mb: Annotated[
+        float, typer.Option(help="Largest request body in MiB.")
+    ] = defaults.MAX_UPLOAD_MB,
     max_pixels: Annotated[
         int, typer.Option(help="Largest image in pixels, checked before decoding.")
-    ] = 40_000_000,
+    ] = defaults.MAX_PIXELS,
     max_concurrency: Annotated[
         int, typer.Option(help="Predictions running at once per worker.")
-    ] = 2,
+    ] = defaults.MAX_CONCURRENCY,
     max_queue: Annotated[
         int, typer.Option(help="Predictions waiting per worker; beyond that 503 + Retry-After.")
-    ] = 32,
+    ] = defaults.MAX_QUEUE,
     timeout: Annotated[
         float, typer.Option(help="Seconds a request may wait and run before 503/504.")
-    ] = 60.0,
+    ] = defaults.REQUEST_TIMEOUT_S,
     cors: Annotated[
         list[str] | None,
         typer.Option(help="Allow browser calls from this origin (repeatable); off by default."),

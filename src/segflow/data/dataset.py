@@ -12,7 +12,6 @@ Layout (see ARCHITECTURE.md)::
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import io
 import os
 import shutil
@@ -23,10 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from segflow._io import FlowList, atomic_write_text, dump_yaml
 from segflow._version import __version__
+from segflow.classes import ClassInfo, default_color
 from segflow.data import image_io
 from segflow.errors import DataError, UsageError, validation_message
 
@@ -37,46 +37,6 @@ SplitName = Literal["train", "val", "test", ""]
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 IGNORE_INDEX = 255
 SPLITS_FIELDS = ("stem", "split", "group", "fold")
-
-
-def default_color(class_id: int) -> tuple[int, int, int]:
-    """A distinct colour per class id: the PASCAL VOC colour map (0 is black).
-
-    Written out here because it is a five-line bit trick that every VOC tool re-derives; no
-    library exposes it without pulling in a framework.
-    """
-    r = g = b = 0
-    c = class_id
-    for shift in range(7, -1, -1):
-        r |= (c & 1) << shift
-        g |= ((c >> 1) & 1) << shift
-        b |= ((c >> 2) & 1) << shift
-        c >>= 3
-    return (r, g, b)
-
-
-class ClassInfo(BaseModel):
-    """One class of the dataset."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: int = Field(ge=0, le=254, description="class id stored in the mask pixels")
-    name: str = Field(min_length=1, description="human-readable class name")
-    color: tuple[int, int, int] = Field(description="RGB colour used in overlays and colour masks")
-
-    @field_validator("color")
-    @classmethod
-    def _check_color(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
-        if any(not 0 <= c <= 255 for c in value):
-            raise ValueError(f"colour components must be 0..255, got {value}")
-        return value
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("class name is blank")
-        return value
 
 
 class SourceInfo(BaseModel):
@@ -159,27 +119,6 @@ def load_meta(path: Path) -> DatasetMeta:
         raise DataError(path, validation_message(exc)) from None
 
 
-class FlowList(list[Any]):
-    """A list written inline by :class:`_Dumper` (``color: [0, 128, 0]``)."""
-
-
-class _Dumper(yaml.SafeDumper):
-    """SafeDumper that writes :class:`FlowList` in flow style."""
-
-
-_Dumper.add_representer(
-    FlowList,
-    lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True),
-)
-
-
-def dump_yaml(data: Any) -> str:
-    """Block-style YAML, keys in insertion order, Unicode kept, FlowList inline."""
-    return yaml.dump(
-        data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False
-    )
-
-
 def dump_meta(meta: DatasetMeta) -> str:
     """YAML text for ``dataset.yaml`` (colours inline)."""
     data = meta.model_dump(mode="json", exclude_none=True)
@@ -237,20 +176,6 @@ def splits_csv_text(rows: Sequence[SplitRow]) -> str:
     for r in rows:
         writer.writerow([r.stem, r.split, r.group, "" if r.fold is None else r.fold])
     return buf.getvalue()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot create its folder ({exc.strerror})") from exc
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -348,11 +273,6 @@ class CanonicalDataset:
         path = self.root / "splits.csv"
         atomic_write_text(path, splits_csv_text(rows))
         return path
-
-
-def now_iso() -> str:
-    """The current UTC time, ISO 8601, seconds precision."""
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
 class DatasetWriter:

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
+from segflow._io import atomic_write_text, now_iso
 from segflow._parallel import parallel_map
 from segflow._version import __version__
 from segflow.data import image_io
-from segflow.data.dataset import CanonicalDataset, SplitRow, atomic_write_text, now_iso
+from segflow.data.dataset import CanonicalDataset, SplitRow
 from segflow.data.fingerprint import Fingerprint, SampleStats, nonfinite_problem, sample_stats
 from segflow.errors import DataError, SegflowError, UsageError
 from segflow.registry import Registry
@@ -513,25 +514,24 @@ class CheckResult:
     paths: dict[str, Path]
 
 
-def run_check(
+def scan_dataset(
     dataset_path: str | os.PathLike[str],
     *,
-    report: Path | None = None,
     json_out: Path | None = None,
     exclude: Path | None = None,
-    html: bool = True,
     workers: int | None = None,
     progress: bool = False,
 ) -> CheckResult:
-    """Check a dataset; write ``qa.json``, ``fingerprint.json`` and the HTML report.
+    """Check a dataset; write ``qa.json`` and ``fingerprint.json``.
+
+    The HTML report is the caller's: :func:`segflow.api.check` writes it with
+    :func:`segflow.report.qa_report.write_qa_report` (report sits above data).
 
     Args:
         dataset_path: the canonical dataset folder.
-        report: HTML report path (default ``DATASET/qa_report.html``).
         json_out: findings path (default ``DATASET/qa.json``).
         exclude: a file of stems to drop from later stages; stored in ``dataset.yaml`` (replacing
             the previous list). Files are never deleted.
-        html: write the HTML report.
         workers: worker processes for the scan.
         progress: show a progress bar.
     """
@@ -539,9 +539,7 @@ def run_check(
     if exclude is not None:
         stems = read_exclude_file(Path(exclude), dataset)
         dataset.save_meta(dataset.meta.model_copy(update={"exclude": stems}))
-    for out in (report, json_out):  # before any work or output
-        if out is not None and out.is_dir():
-            raise UsageError(f"{out}: is a folder; give the path of a file to write")
+    check_output_file(json_out)  # before any work or output
     meta = dataset.meta
     image_files = dataset.image_files()
     if not image_files:
@@ -584,10 +582,10 @@ def run_check(
     if fingerprint is not None:
         paths["fingerprint"] = dataset.root / "fingerprint.json"
         atomic_write_text(paths["fingerprint"], fingerprint.model_dump_json(indent=2))
-    result = CheckResult(qa, scans, paths)
-    if html:
-        from segflow.report.qa_report import write_qa_report
+    return CheckResult(qa, scans, paths)
 
-        paths["html"] = Path(report) if report else dataset.root / "qa_report.html"
-        write_qa_report(dataset, result, paths["html"])
-    return result
+
+def check_output_file(path: Path | None) -> None:
+    """A UsageError when an output path given by the user is a folder."""
+    if path is not None and path.is_dir():
+        raise UsageError(f"{path}: is a folder; give the path of a file to write")

@@ -206,44 +206,7 @@ def plan_splits(
     )
     summaries = {stems[i]: summary for i, summary in done}
     warnings: list[str] = []
-    uf = _UnionFind(stems)
-    labels: dict[str, str] = {}
-    unmatched = []
-    by_key: dict[str, list[str]] = defaultdict(list)
-    for stem in stems:
-        key = _group_key(pattern, stem) if pattern else None
-        if pattern and key is None:
-            unmatched.append(stem)
-        old = previous.get(stem)
-        if key is None and old is not None and old.group:
-            key = old.group
-        if key is not None:
-            by_key[key].append(stem)
-            labels[stem] = key
-    if unmatched:
-        warnings.append(
-            f"--group-by matched no group in {len(unmatched)} stem(s) (first: {unmatched[0]}); "
-            "each is its own group"
-        )
-    by_mask: dict[str, list[str]] = defaultdict(list)
-    for stem, (_, digest) in summaries.items():
-        if digest:
-            by_mask[digest].append(stem)
-    shared = [members for members in by_mask.values() if len(members) > 1]
-    if shared:
-        warnings.append(
-            f"{sum(len(m) for m in shared)} images share {len(shared)} identical mask(s); kept together"
-        )
-    for members in [*by_key.values(), *shared]:
-        for other in members[1:]:
-            uf.union(members[0], other)
-    components: dict[str, list[str]] = defaultdict(list)
-    for stem in stems:
-        components[uf.find(stem)].append(stem)
-    group_name = {
-        root: min((labels[s] for s in members if s in labels), default=root)
-        for root, members in components.items()
-    }
+    uf, components, labels, group_name = _group(stems, summaries, pattern, previous, warnings)
 
     n_classes = dataset.meta.num_classes
     ignore = dataset.meta.ignore_index
@@ -286,6 +249,59 @@ def plan_splits(
         if images.get(part, 0) == 0:
             warnings.append(f"{part} is empty: too few images or groups for the requested shares")
     return SplitResult(path, rows, parts, dict(images), dict(groups), presence, warnings)
+
+
+def _group(
+    stems: list[str],
+    summaries: dict[str, tuple[list[int], str]],
+    pattern: re.Pattern[str] | None,
+    previous: dict[str, SplitRow],
+    warnings: list[str],
+) -> tuple[_UnionFind, dict[str, list[str]], dict[str, str], dict[str, str]]:
+    """Join samples that must stay together: same ``--group-by`` key (or earlier group), same mask.
+
+    Returns the union-find, its components (root -> stems), each labelled stem's group key and
+    each component's group name; appends what the user should know to ``warnings``.
+    """
+    uf = _UnionFind(stems)
+    labels: dict[str, str] = {}
+    unmatched = []
+    by_key: dict[str, list[str]] = defaultdict(list)
+    for stem in stems:
+        key = _group_key(pattern, stem) if pattern else None
+        if pattern and key is None:
+            unmatched.append(stem)
+        old = previous.get(stem)
+        if key is None and old is not None and old.group:
+            key = old.group
+        if key is not None:
+            by_key[key].append(stem)
+            labels[stem] = key
+    if unmatched:
+        warnings.append(
+            f"--group-by matched no group in {len(unmatched)} stem(s) (first: {unmatched[0]}); "
+            "each is its own group"
+        )
+    by_mask: dict[str, list[str]] = defaultdict(list)
+    for stem, (_, digest) in summaries.items():
+        if digest:
+            by_mask[digest].append(stem)
+    shared = [members for members in by_mask.values() if len(members) > 1]
+    if shared:
+        warnings.append(
+            f"{sum(len(m) for m in shared)} images share {len(shared)} identical mask(s); kept together"
+        )
+    for members in [*by_key.values(), *shared]:
+        for other in members[1:]:
+            uf.union(members[0], other)
+    components: dict[str, list[str]] = defaultdict(list)
+    for stem in stems:
+        components[uf.find(stem)].append(stem)
+    group_name = {
+        root: min((labels[s] for s in members if s in labels), default=root)
+        for root, members in components.items()
+    }
+    return uf, components, labels, group_name
 
 
 def _summary_job(item: tuple[int, Path]) -> tuple[int, tuple[list[int], str]]:

@@ -38,7 +38,6 @@ channels are wrapped in :class:`ChannelsOnly` and skipped (debug log) for other 
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 import logging
@@ -62,6 +61,7 @@ from segflow.data.preprocess import (
     resolve_normalization,
 )
 from segflow.errors import ConfigError
+from segflow.registry import did_you_mean
 
 __all__ = [
     "ChannelsOnly",
@@ -392,9 +392,7 @@ def named_transform(spec: dict[str, Any], *, ignore_index: int = 255) -> Any:
     if name in REFUSED:
         raise ConfigError(f"transform {name!r} cannot be used here: {REFUSED[name]}")
     if name not in classes:
-        lower = {n.lower(): n for n in classes}
-        close = difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.6)
-        hint = f" (did you mean {lower[close[0]]}?)" if close else ""
+        hint = did_you_mean(name, classes)
         raise ConfigError(
             f"unknown transform {name!r}{hint}; use an albumentations transform class name, "
             f"e.g. {', '.join(COMMON_TRANSFORMS[:8])}"
@@ -403,8 +401,7 @@ def named_transform(spec: dict[str, Any], *, ignore_index: int = 255) -> Any:
     accepted = list(inspect.signature(cls).parameters)
     for key in params:
         if key not in accepted:
-            close = difflib.get_close_matches(key, accepted, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            hint = did_you_mean(key, accepted)
             raise ConfigError(
                 f"transform {name} has no parameter {key!r}{hint}; parameters: "
                 f"{', '.join(a for a in accepted if a not in ('args', 'kwargs'))}"

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from segflow.data.dataset import ClassInfo
+from segflow.classes import ClassInfo
 
 
 def to_display_rgb(image: np.ndarray) -> np.ndarray:

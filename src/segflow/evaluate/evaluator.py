@@ -24,16 +24,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from segflow._io import atomic_write_text, now_iso
 from segflow._progress import ProgressBar
+from segflow.classes import ClassInfo
 from segflow.data import image_io
-from segflow.data.dataset import (
-    SPLIT_NAMES,
-    CanonicalDataset,
-    ClassInfo,
-    Sample,
-    atomic_write_text,
-    now_iso,
-)
+from segflow.data.dataset import SPLIT_NAMES, CanonicalDataset, Sample
 from segflow.errors import DataError, UsageError
 from segflow.evaluate.confusion import ConfusionAccumulator
 from segflow.evaluate.metrics import (
@@ -44,6 +39,7 @@ from segflow.evaluate.metrics import (
     metric_prefix,
     per_image_rows,
 )
+from segflow.tracking import log_to_mlflow, run_folder
 
 log = logging.getLogger("segflow.eval")
 PathLike = str | os.PathLike[str]
@@ -133,12 +129,6 @@ def _bundle_list(bundle: PathLike | Sequence[PathLike]) -> list[Path]:
 
 def _bundle_name(path: Path) -> str:
     return path.name.removesuffix(".segflow") or path.name
-
-
-def run_folder(bundle: Path) -> Path | None:
-    """The training run folder holding ``bundle`` (it has ``run.json``), else None."""
-    parent = bundle.absolute().parent
-    return parent if (parent / "run.json").is_file() else None
 
 
 def default_out(bundles: Sequence[Path], split_label: str) -> Path:
@@ -264,42 +254,6 @@ def _counts(acc: ConfusionAccumulator, names: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def log_to_mlflow(run: Path, metrics: dict[str, float], files: Sequence[Path], folder: str) -> bool:
-    """Log metrics and files to the MLflow run named in ``run/run.json``; never raises.
-
-    Returns:
-        True when logged; False when the run has no MLflow run or logging failed (one warning).
-    """
-    try:
-        state = json.loads((run / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        log.warning(
-            "could not read %s (%s): evaluation not logged to MLflow", run / "run.json", exc
-        )
-        return False
-    run_id, uri = state.get("mlflow_run_id"), state.get("mlflow_uri")
-    if not isinstance(run_id, str) or not isinstance(uri, str) or not run_id or not uri:
-        return False
-    from segflow.train.tracking import reachable
-
-    problem = reachable(uri)
-    try:
-        if problem is not None:
-            raise ConnectionError(problem)
-        from mlflow.entities import Metric
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=uri)
-        stamp = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, v, stamp, 0) for k, v in metrics.items()])
-        for path in files:
-            client.log_artifact(run_id, str(path), folder)
-    except Exception as exc:  # any MLflow/transport failure must not lose the evaluation
-        log.warning("could not log the evaluation to MLflow run %s at %s (%s)", run_id, uri, exc)
-        return False
-    return True
-
-
 def evaluate(
     bundle: PathLike | Sequence[PathLike],
     dataset: PathLike | CanonicalDataset,
@@ -350,12 +304,7 @@ def evaluate(
     from segflow.infer.options import InferenceOptions
     from segflow.models.bundle import read_bundle_meta
     from segflow.models.ensemble import meta_file
-    from segflow.report.eval_report import (
-        case_picture,
-        confusion_figure,
-        copy_curves,
-        write_eval_report,
-    )
+    from segflow.report.eval_report import confusion_figure, copy_curves, write_eval_report
 
     started = time.monotonic()
     bundles = _bundle_list(bundle)
@@ -381,81 +330,12 @@ def evaluate(
         logging.getLogger("segflow.infer.backend").info("%s", predictor.describe_backends())
     _check_classes(bundles[0], "predictor", list(predictor.classes), ds)
     classes, names = ds.meta.classes, ds.meta.class_names
-    k, ignore = len(classes), ds.meta.ignore_index
-    acc = ConfusionAccumulator(k, ignore)
-    cases = _Cases(worst_k)
-    with ProgressBar(progress, "evaluating", len(samples)) as bar:
-        for s in samples:
-            image, truth = ds.read_image(s), ds.read_mask(s)
-            if image.shape[:2] != truth.shape:
-                raise DataError(
-                    s.mask,
-                    f"mask is {truth.shape[1]}x{truth.shape[0]} but image {s.image.name} is "
-                    f"{image.shape[1]}x{image.shape[0]}",
-                )
-            bad = np.unique(truth[(truth >= k) & (truth != ignore)])
-            if bad.size:
-                raise DataError(
-                    s.mask, f"holds values {bad[:5].tolist()} that are no class id 0..{k - 1}"
-                )
-            region = _read_roi(rois[s.stem], truth.shape) if roi_dir is not None else None
-            pred = np.asarray(predictor.predict_array(image, stem=s.stem).labels)
-            if pred.shape != truth.shape:
-                raise ValueError(f"the predictor returned a {pred.shape} mask for {s.image.name}")
-            cm = acc.update(truth, pred, region, stem=s.stem)
-            one = image_scores(cm[None])
-
-            def make(
-                image: np.ndarray = image,
-                truth: np.ndarray = truth,
-                pred: np.ndarray = pred,
-                region: np.ndarray | None = region,
-            ) -> bytes:
-                from segflow.data.visual import encode_jpeg
-
-                return encode_jpeg(case_picture(image, truth, pred, classes, ignore, region))
-
-            cases.offer(float(one["mIoU_fg"][0]), float(one["acc"][0]), s.stem, make)
-            bar.advance()
-
-    stack = acc.stack
-    metrics: dict[str, Any] = {
-        "bundle": {
-            "name": metas[0].name,
-            "path": str(bundles[0].absolute()),
-            "weights_sha256": metas[0].weights_sha256,
-        },
-        "ensemble": (
-            [
-                {"name": m.name, "path": str(b.absolute()), "weights_sha256": m.weights_sha256}
-                for b, m in zip(bundles, metas, strict=True)
-            ]
-            if len(bundles) > 1
-            else []
-        ),
-        "dataset": {"name": ds.meta.name, "path": str(ds.root.absolute())},
-        "split": label,
-        "n_images": len(samples),
-        "roi": str(roi_dir.absolute()) if roi_dir is not None else None,
-        "settings": options.applied(predictor, metas[0]),
-        "classes": [c.model_dump(mode="json") for c in classes],
-        "counts": _counts(acc, names),
-        **evaluation_metrics(acc.total, stack, names),
-        "confusion": acc.total.tolist(),
-        "created_at": now_iso(),
-        "seconds": 0.0,
-    }
-    rows = per_image_rows(acc.stems, stack, names)
-
+    acc, cases = _score(ds, samples, predictor, rois if roi_dir is not None else None, worst_k,
+                        progress)  # fmt: skip
+    metrics = _metrics_doc(bundles, metas, ds, label, samples, roi_dir, options, predictor, acc)
+    rows = per_image_rows(acc.stems, acc.stack, names)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "cases").mkdir(exist_ok=True)
-    for old in (out_dir / "cases").glob("*.jpg"):
-        if old.name.startswith(("best_", "worst_")):
-            old.unlink()
-    ranked = cases.ranked()
-    for kind, items in ranked.items():
-        for i, case in enumerate(items):
-            _atomic_bytes(out_dir / "cases" / f"{kind}_{i:02d}_{case['stem']}.jpg", case["jpeg"])
+    ranked = _write_cases(out_dir, cases)
     atomic_write_text(out_dir / "per_image.csv", _csv_text(rows))
     confusion_png = confusion_figure(acc.total, names, out_dir / "confusion.png")
     run = run_folder(bundles[0])
@@ -480,3 +360,109 @@ def evaluate(
             f"eval_{label}",
         )
     return EvalResult(metrics, rows, out_dir, report, acc.total.copy())
+
+
+def _score(
+    ds: CanonicalDataset,
+    samples: Sequence[Sample],
+    predictor: PredictorLike,
+    rois: dict[str, Path] | None,
+    worst_k: int,
+    progress: bool,
+) -> tuple[ConfusionAccumulator, _Cases]:
+    """Predict every sample, check it against its mask and count it (ROI pixels only)."""
+    from segflow.report.eval_report import case_picture
+
+    classes = ds.meta.classes
+    k, ignore = len(classes), ds.meta.ignore_index
+    acc = ConfusionAccumulator(k, ignore)
+    cases = _Cases(worst_k)
+    with ProgressBar(progress, "evaluating", len(samples)) as bar:
+        for s in samples:
+            image, truth = ds.read_image(s), ds.read_mask(s)
+            if image.shape[:2] != truth.shape:
+                raise DataError(
+                    s.mask,
+                    f"mask is {truth.shape[1]}x{truth.shape[0]} but image {s.image.name} is "
+                    f"{image.shape[1]}x{image.shape[0]}",
+                )
+            bad = np.unique(truth[(truth >= k) & (truth != ignore)])
+            if bad.size:
+                raise DataError(
+                    s.mask, f"holds values {bad[:5].tolist()} that are no class id 0..{k - 1}"
+                )
+            region = _read_roi(rois[s.stem], truth.shape) if rois is not None else None
+            pred = np.asarray(predictor.predict_array(image, stem=s.stem).labels)
+            if pred.shape != truth.shape:
+                raise ValueError(f"the predictor returned a {pred.shape} mask for {s.image.name}")
+            cm = acc.update(truth, pred, region, stem=s.stem)
+            one = image_scores(cm[None])
+
+            def make(
+                image: np.ndarray = image,
+                truth: np.ndarray = truth,
+                pred: np.ndarray = pred,
+                region: np.ndarray | None = region,
+            ) -> bytes:
+                from segflow.data.visual import encode_jpeg
+
+                return encode_jpeg(case_picture(image, truth, pred, classes, ignore, region))
+
+            cases.offer(float(one["mIoU_fg"][0]), float(one["acc"][0]), s.stem, make)
+            bar.advance()
+    return acc, cases
+
+
+def _metrics_doc(
+    bundles: Sequence[Path],
+    metas: Sequence[Any],
+    ds: CanonicalDataset,
+    label: str,
+    samples: Sequence[Sample],
+    roi_dir: Path | None,
+    options: Any,
+    predictor: PredictorLike,
+    acc: ConfusionAccumulator,
+) -> dict[str, Any]:
+    """``metrics.json``'s content: what was scored, with which settings, and the scores."""
+    classes, names = ds.meta.classes, ds.meta.class_names
+    metrics: dict[str, Any] = {
+        "bundle": {
+            "name": metas[0].name,
+            "path": str(bundles[0].absolute()),
+            "weights_sha256": metas[0].weights_sha256,
+        },
+        "ensemble": (
+            [
+                {"name": m.name, "path": str(b.absolute()), "weights_sha256": m.weights_sha256}
+                for b, m in zip(bundles, metas, strict=True)
+            ]
+            if len(bundles) > 1
+            else []
+        ),
+        "dataset": {"name": ds.meta.name, "path": str(ds.root.absolute())},
+        "split": label,
+        "n_images": len(samples),
+        "roi": str(roi_dir.absolute()) if roi_dir is not None else None,
+        "settings": options.applied(predictor, metas[0]),
+        "classes": [c.model_dump(mode="json") for c in classes],
+        "counts": _counts(acc, names),
+        **evaluation_metrics(acc.total, acc.stack, names),
+        "confusion": acc.total.tolist(),
+        "created_at": now_iso(),
+        "seconds": 0.0,
+    }
+    return metrics
+
+
+def _write_cases(out_dir: Path, cases: _Cases) -> dict[str, list[dict[str, Any]]]:
+    """The best/worst pictures under ``out_dir/cases`` (earlier ones replaced); the ranking."""
+    (out_dir / "cases").mkdir(exist_ok=True)
+    for old in (out_dir / "cases").glob("*.jpg"):
+        if old.name.startswith(("best_", "worst_")):
+            old.unlink()
+    ranked = cases.ranked()
+    for kind, items in ranked.items():
+        for i, case in enumerate(items):
+            _atomic_bytes(out_dir / "cases" / f"{kind}_{i:02d}_{case['stem']}.jpg", case["jpeg"])
+    return ranked

@@ -39,8 +39,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from segflow._io import now_iso
 from segflow._progress import ProgressBar
-from segflow.data.dataset import CanonicalDataset, Sample, now_iso
+from segflow.data.dataset import CanonicalDataset, Sample
 from segflow.errors import DataError, UsageError
 from segflow.evaluate.confusion import confusion
 from segflow.evaluate.evaluator import _check_classes, _samples

@@ -73,13 +73,14 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from segflow._io import file_sha256
 from segflow.errors import DataError, SegflowError, UsageError
 from segflow.export.torchscript import quiet_jit
 from segflow.export.verify import (
@@ -88,9 +89,8 @@ from segflow.export.verify import (
     check_bf16,
     check_parity,
     example_input,
-    file_sha256,
     first_line,
-    publish,
+    stage_verify_publish,
     torch_runner,
 )
 from segflow.models.bundle import BundleMeta, ExportInfo
@@ -380,45 +380,29 @@ def export_onnx(
     folder, meta = bundle.path, bundle.meta
     eager = torch_runner(bundle.model)
     example = example_input(shapes, meta.in_channels, seed)
-    from segflow._tempfiles import sweep_stale, tag
-
-    sweep_stale(folder, f".{ONNX_FILE}.", ".tmp")  # left by a killed export
-    staged = folder / f".{ONNX_FILE}.{tag()}.tmp"
     order = ["legacy", "dynamo"] if exporter == "auto" else [exporter]
-    failures: list[str] = []
-    try:
-        for name in order:
+
+    def attempt(name: str) -> Callable[[Path], ExportInfo]:
+        def run(staged: Path) -> ExportInfo:
             if name == "dynamo" and not _has_onnxscript():
-                failures.append("dynamo exporter: needs onnxscript (pip install onnxscript)")
-                continue
+                raise DataError(folder, "needs onnxscript (pip install onnxscript)")
             try:
-                run = _EXPORT[name]
-                try:
-                    run(bundle.model, example, staged, opset)
-                except Exception as exc:  # torch.onnx raises many types; each is "cannot export"
-                    reason = first_line(exc).split(". Please feel free to request support")[0]
-                    raise DataError(folder, f"cannot export: {reason}") from exc
-                file_opset = _check_file(staged, folder)
-                parity = check_parity(
-                    eager,
-                    onnx_runner(staged),
-                    shapes,
-                    meta.in_channels,
-                    seed,
-                    tolerance=tolerance,
-                    agreement=agreement,
-                    label="ONNX export",
-                    path=folder,
-                )
-            except SegflowError as exc:
-                if len(order) == 1:
-                    raise
-                problem = str(getattr(exc, "problem", exc)).removesuffix("; file not written")
-                failures.append(f"{name} exporter: {problem}")
-                staged.unlink(missing_ok=True)
-                continue
-            if failures:
-                log.warning("%s; used the %s exporter", "; ".join(failures), name)
+                _EXPORT[name](bundle.model, example, staged, opset)
+            except Exception as exc:  # torch.onnx raises many types; each is "cannot export"
+                reason = first_line(exc).split(". Please feel free to request support")[0]
+                raise DataError(folder, f"cannot export: {reason}") from exc
+            file_opset = _check_file(staged, folder)
+            parity = check_parity(
+                eager,
+                onnx_runner(staged),
+                shapes,
+                meta.in_channels,
+                seed,
+                tolerance=tolerance,
+                agreement=agreement,
+                label="ONNX export",
+                path=folder,
+            )
             bf16 = check_bf16(
                 eager,
                 _bf16_runners(bundle.model, staged),
@@ -427,7 +411,7 @@ def export_onnx(
                 seed,
                 images=validation_images(meta) if bf16_images is None else bf16_images,
             )
-            info = ExportInfo(
+            return ExportInfo(
                 file=ONNX_FILE,
                 format="onnx",
                 opset=file_opset,
@@ -438,10 +422,19 @@ def export_onnx(
                 parity=parity,
                 bf16=bf16,
             )
-            return publish(folder, staged, info)
-        raise DataError(
-            folder,
-            f"ONNX export failed with every exporter: {'; '.join(failures)}; no file written",
-        )
-    finally:
-        staged.unlink(missing_ok=True)
+
+        return run
+
+    info, used, failures = stage_verify_publish(
+        folder,
+        ONNX_FILE,
+        [(f"{name} exporter", attempt(name)) for name in order],
+        failed=lambda failures: (
+            f"ONNX export failed with every exporter: {'; '.join(failures)}; no file written"
+        ),
+        catch=SegflowError,
+        reraise_single=True,
+    )
+    if failures:
+        log.warning("%s; used the %s", "; ".join(failures), used)
+    return info

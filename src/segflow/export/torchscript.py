@@ -27,15 +27,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from segflow._io import file_sha256
 from segflow.errors import DataError
 from segflow.export.verify import (
     DEFAULT_SHAPES,
     LogitsFn,
     check_parity,
     example_input,
-    file_sha256,
     first_line,
-    publish,
+    stage_verify_publish,
     torch_runner,
 )
 from segflow.models.bundle import ExportInfo
@@ -143,36 +143,29 @@ def export_torchscript(
     folder, meta = bundle.path, bundle.meta
     eager = torch_runner(bundle.model)
     example = example_input(shapes, meta.in_channels, seed)
-    from segflow._tempfiles import sweep_stale, tag
 
-    sweep_stale(folder, f".{TS_FILE}.", ".tmp")  # left by a killed export
-    staged = folder / f".{TS_FILE}.{tag()}.tmp"
-    failures: list[str] = []
-    try:
-        for method, make in _METHODS.items():
+    def attempt(
+        method: str, make: Callable[[torch.nn.Module, torch.Tensor], torch.jit.ScriptModule]
+    ) -> Callable[[Path], ExportInfo]:
+        def run(staged: Path) -> ExportInfo:
             try:
-                try:
-                    module = make(bundle.model, example)
-                    with quiet_jit():
-                        torch.jit.save(module, str(staged))
-                except Exception as exc:  # tracing/scripting raise many types: "cannot export"
-                    raise DataError(folder, f"cannot export: {first_line(exc)}") from exc
-                parity = check_parity(
-                    eager,
-                    _runner(staged),
-                    shapes,
-                    meta.in_channels,
-                    seed,
-                    tolerance=tolerance,
-                    agreement=agreement,
-                    label="TorchScript export",
-                    path=folder,
-                )
-            except DataError as exc:
-                failures.append(f"{method}: {exc.problem.removesuffix('; file not written')}")
-                staged.unlink(missing_ok=True)
-                continue
-            info = ExportInfo(
+                module = make(bundle.model, example)
+                with quiet_jit():
+                    torch.jit.save(module, str(staged))
+            except Exception as exc:  # tracing/scripting raise many types: "cannot export"
+                raise DataError(folder, f"cannot export: {first_line(exc)}") from exc
+            parity = check_parity(
+                eager,
+                _runner(staged),
+                shapes,
+                meta.in_channels,
+                seed,
+                tolerance=tolerance,
+                agreement=agreement,
+                label="TorchScript export",
+                path=folder,
+            )
+            return ExportInfo(
                 file=TS_FILE,
                 format="torchscript",
                 opset=None,
@@ -182,9 +175,15 @@ def export_torchscript(
                 dynamic_axes=DYNAMIC_AXES,
                 parity=parity,
             )
-            return publish(folder, staged, info)
-        raise DataError(
-            folder, f"TorchScript export failed: {'; '.join(failures)}; no file written"
-        )
-    finally:
-        staged.unlink(missing_ok=True)
+
+        return run
+
+    info, _, _ = stage_verify_publish(
+        folder,
+        TS_FILE,
+        [(method, attempt(method, make)) for method, make in _METHODS.items()],
+        failed=lambda failures: (
+            f"TorchScript export failed: {'; '.join(failures)}; no file written"
+        ),
+    )
+    return info

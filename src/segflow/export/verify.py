@@ -17,7 +17,6 @@ Two figures decide:
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from segflow.errors import DataError
+from segflow.errors import DataError, SegflowError
 from segflow.models.bundle import Bf16Check, ExportInfo, Parity, record_export
 
 if TYPE_CHECKING:
@@ -40,9 +39,9 @@ __all__ = [
     "check_parity",
     "describe_parity",
     "example_input",
-    "file_sha256",
     "first_line",
     "publish",
+    "stage_verify_publish",
     "torch_runner",
 ]
 
@@ -272,15 +271,6 @@ def example_input(
     return torch.randn(2, in_channels, height, width, generator=generator)
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, hex."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def publish(folder: Path, staged: Path, info: ExportInfo) -> ExportInfo:
     """Rename the verified ``staged`` file to ``info.file`` in the bundle and list it there.
 
@@ -295,3 +285,48 @@ def publish(folder: Path, staged: Path, info: ExportInfo) -> ExportInfo:
         final.unlink(missing_ok=True)
         raise
     return info
+
+
+#: One way to make the export: it writes the staged path, verifies it, and returns its entry.
+Attempt = tuple[str, Callable[[Path], ExportInfo]]
+
+
+def stage_verify_publish(
+    folder: Path,
+    file: str,
+    attempts: Sequence[Attempt],
+    *,
+    failed: Callable[[list[str]], str],
+    catch: type[SegflowError] = DataError,
+    reraise_single: bool = False,
+) -> tuple[ExportInfo, str, list[str]]:
+    """The one export loop: try each attempt on a staged file, publish the first that passes.
+
+    Staged files a killed export left in ``folder`` are swept first. An attempt that raises
+    ``catch`` is recorded as ``"NAME: problem"`` and the next one is tried (with
+    ``reraise_single`` a lone attempt's error propagates as it is); when none passes a DataError
+    says ``failed(failures)``. The staged file never outlives the call.
+
+    Returns:
+        The published entry, the name of the attempt that made it, the earlier failures.
+    """
+    from segflow._tempfiles import sweep_stale, tag
+
+    sweep_stale(folder, f".{file}.", ".tmp")  # left by a killed export
+    staged = folder / f".{file}.{tag()}.tmp"
+    failures: list[str] = []
+    try:
+        for name, attempt in attempts:
+            try:
+                info = attempt(staged)
+            except catch as exc:
+                if reraise_single and len(attempts) == 1:
+                    raise
+                problem = str(getattr(exc, "problem", exc)).removesuffix("; file not written")
+                failures.append(f"{name}: {problem}")
+                staged.unlink(missing_ok=True)
+                continue
+            return publish(folder, staged, info), name, failures
+        raise DataError(folder, failed(failures))
+    finally:
+        staged.unlink(missing_ok=True)

@@ -311,7 +311,7 @@ def read_cache(path: Path, key: str) -> dict[str, Any] | None:
 
 def write_cache(path: Path, key: str, entry: dict[str, Any]) -> Path | None:
     """Add ``entry`` atomically to the first writable cache file; None when none is."""
-    from segflow.data.dataset import atomic_write_text
+    from segflow._io import atomic_write_text
 
     for file in cache_files(path):
         data = {k: v for k, v in _load(file).items() if k != key}

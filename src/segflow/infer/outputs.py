@@ -14,9 +14,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from segflow._io import atomic_write_text
 from segflow._tempfiles import tag
+from segflow.classes import ClassInfo
 from segflow.data import image_io
-from segflow.data.dataset import ClassInfo, atomic_write_text
 from segflow.infer.predictor import GeoInfo, Prediction
 
 PolygonFormat = Literal["geojson", "coco"]

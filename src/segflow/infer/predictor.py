@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from segflow.classes import ClassInfo
 from segflow.data import image_io
-from segflow.data.dataset import ClassInfo
 from segflow.data.preprocess import Geometry, NetworkInput, Preprocessor
 from segflow.errors import DataError, UsageError
 from segflow.infer.backends import Backend

@@ -238,7 +238,7 @@ def _run(
 
 
 def _write_reports(out_dir: Path, summary: BatchSummary) -> None:
-    from segflow.data.dataset import atomic_write_text
+    from segflow._io import atomic_write_text
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

@@ -17,7 +17,6 @@ no longer match them.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -29,9 +28,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from segflow._io import FlowList, atomic_write_text, dump_yaml, file_sha256, now_iso
 from segflow._version import __version__
+from segflow.classes import ClassInfo
 from segflow.config import PreprocessConfig
-from segflow.data.dataset import ClassInfo, FlowList, atomic_write_text, dump_yaml, now_iso
 from segflow.data.preprocess import Normalization
 from segflow.errors import ConfigError, DataError, UsageError, validation_message
 from segflow.models.factory import canonical_arch, create_model
@@ -223,14 +223,6 @@ class LoadedBundle:
     path: Path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _dump_meta(meta: BundleMeta) -> str:
     data = meta.model_dump(mode="json")
     for c in data["classes"]:
@@ -309,7 +301,11 @@ def save_bundle(path: str | os.PathLike[str], model: torch.nn.Module, meta: Bund
         weights = tmp / meta.weights_file
         save_file(_tensors_for_save(model), weights, metadata={"format": "pt"})
         # Exports belong to the weights they were made from: a new save starts without any.
-        data = {**meta.model_dump(mode="json"), "weights_sha256": _sha256(weights), "exports": {}}
+        data = {
+            **meta.model_dump(mode="json"),
+            "weights_sha256": file_sha256(weights),
+            "exports": {},
+        }
         try:
             final = BundleMeta.model_validate(data)
         except ValidationError as exc:
@@ -393,7 +389,7 @@ def read_bundle_weights(path: str | os.PathLike[str], meta: BundleMeta) -> dict[
         )
     if not weights.is_file():
         raise DataError(weights, "missing: the bundle is incomplete")
-    if _sha256(weights) != meta.weights_sha256:
+    if file_sha256(weights) != meta.weights_sha256:
         raise DataError(
             weights, f"{meta.weights_file} does not match bundle.yaml (corrupted or edited)"
         )
@@ -463,7 +459,7 @@ def record_export(path: str | os.PathLike[str], info: ExportInfo) -> BundleMeta:
     folder = _bundle_folder(path)
     meta = read_bundle_meta(folder)
     file = folder / info.file
-    if not file.is_file() or _sha256(file) != info.sha256:
+    if not file.is_file() or file_sha256(file) != info.sha256:
         raise DataError(file, "missing or not the file just exported; export again")
     exports = {**meta.exports, info.format: info}
     updated = BundleMeta.model_validate({**meta.model_dump(), "exports": exports})
@@ -521,7 +517,7 @@ def export_file(path: str | os.PathLike[str], meta: BundleMeta, format: str) -> 
     file = folder / info.file
     if not file.is_file():
         raise DataError(file, "missing: export the bundle again")
-    if _sha256(file) != info.sha256:
+    if file_sha256(file) != info.sha256:
         raise DataError(
             file, f"{info.file} does not match bundle.yaml (corrupted or edited): export again"
         )

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from segflow._io import atomic_write_text, dump_yaml, now_iso
 from segflow._version import __version__
-from segflow.data.dataset import ClassInfo, atomic_write_text, dump_yaml, now_iso
+from segflow.classes import ClassInfo
 from segflow.errors import DataError, UsageError, validation_message
 
 if TYPE_CHECKING:

@@ -3,18 +3,19 @@
 segflow never re-implements an encoder or a decoder: this module only checks names (with
 "did you mean" hints), turns SMP's and the hub's exceptions into one-line :class:`ConfigError`
 messages, and hands local weights files (for machines without network) to
-:mod:`segflow.models.weights`. ``init_from_bundle`` starts a network from an earlier bundle.
+:mod:`segflow.models.weights`. Starting a network from an earlier bundle is
+:mod:`segflow.models.warm_start`'s (it reads bundles, which are built with this module).
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segflow.errors import ConfigError
 from segflow.models.weights import WEIGHT_SUFFIXES, load_encoder_weights
+from segflow.registry import did_you_mean
 
 if TYPE_CHECKING:
     import torch
@@ -37,11 +38,6 @@ _NETWORK_ERRORS = frozenset({
 # fmt: on
 # What SMP (and timm below it) raise for names, combinations and arguments they reject.
 _REJECTIONS = (ValueError, KeyError, TypeError, AssertionError, RuntimeError, NotImplementedError)
-
-
-def _did_you_mean(name: str, candidates: list[str], n: int = 3) -> str:
-    close = difflib.get_close_matches(name, candidates, n=n, cutoff=0.6)
-    return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
 def _first_line(exc: BaseException) -> str:
@@ -67,8 +63,7 @@ def canonical_arch(name: str) -> str:
     by_key = {a.lower(): a for a in ARCHITECTURES}
     found = by_key.get(name.lower())
     if found is None:
-        close = difflib.get_close_matches(name.lower(), list(by_key), n=3, cutoff=0.6)
-        hint = f" (did you mean {', '.join(by_key[c] for c in close)}?)" if close else ""
+        hint = did_you_mean(name, ARCHITECTURES, n=3)
         raise ConfigError(f"unknown architecture {name!r}{hint}; valid: {', '.join(ARCHITECTURES)}")
     return found
 
@@ -83,8 +78,7 @@ def canonical_encoder(name: str) -> str:
             return f"tu-{base}"
         if timm.is_model(base.lower()):
             return f"tu-{base.lower()}"
-        close = difflib.get_close_matches(base.lower(), timm.list_models(), n=3, cutoff=0.6)
-        hint = f" (did you mean {', '.join('tu-' + c for c in close)}?)" if close else ""
+        hint = did_you_mean(base, timm.list_models(), n=3, prefix="tu-")
         raise ConfigError(
             f"unknown encoder {name!r}{hint}; 'tu-' takes a name from timm.list_models()"
         )
@@ -93,7 +87,7 @@ def canonical_encoder(name: str) -> str:
     if name.lower() in by_key:
         return by_key[name.lower()]
     raise ConfigError(
-        f"unknown encoder {name!r}{_did_you_mean(name.lower(), names)}; "
+        f"unknown encoder {name!r}{did_you_mean(name.lower(), names, n=3)}; "
         "see segflow.models.factory.list_encoders(), or use 'tu-<timm model name>'"
     )
 
@@ -189,7 +183,7 @@ def _check_kwargs(arch: str, encoder: str, kwargs: dict[str, Any]) -> None:
             )
         if key not in valid and not encoder.startswith("tu-"):
             raise ConfigError(
-                f"{arch} takes no argument {key!r}{_did_you_mean(key, valid)}; valid: "
+                f"{arch} takes no argument {key!r}{did_you_mean(key, valid, n=3)}; valid: "
                 f"{', '.join(valid)} (other arguments go to the encoder only for tu- encoders)"
             )
 
@@ -223,7 +217,7 @@ def _pretrained_name(encoder: str, name: str) -> str | bool:
     available = sorted(smp.encoders.encoders[encoder]["pretrained_settings"])
     if name not in available:
         raise ConfigError(
-            f"encoder {encoder} has no weights {name!r}{_did_you_mean(name, available)}; "
+            f"encoder {encoder} has no weights {name!r}{did_you_mean(name, available, n=3)}; "
             f"available: {', '.join(available) or 'none'} (or a local file, or null)"
         )
     return name
@@ -247,60 +241,3 @@ def _is_network_error(exc: BaseException) -> bool:
 
 # ------------------------------------------------------------------------------------------------
 # Starting from an earlier bundle
-
-
-def init_from_bundle(
-    model: torch.nn.Module, bundle_path: str | os.PathLike[str], *, classes: int
-) -> list[str]:
-    """Load an earlier bundle's weights into ``model`` (same architecture and encoder).
-
-    Args:
-        model: a freshly created network.
-        bundle_path: the ``NAME.segflow`` folder.
-        classes: the model's output channels; when the bundle has another count, the
-            segmentation (and auxiliary) heads keep their fresh initialisation.
-
-    Returns:
-        Messages for the user (e.g. that the head was re-initialised).
-    """
-    from segflow.models.bundle import read_bundle_meta, read_bundle_weights
-
-    bundle = Path(bundle_path)
-    meta = read_bundle_meta(bundle)
-    arch = type(model).__name__
-    encoder = getattr(model, "_hub_mixin_config", {}).get("encoder_name")
-    same_encoder = encoder is None or str(encoder).lower() == meta.encoder.lower()
-    if canonical_arch(meta.arch) != arch or not same_encoder:
-        raise ConfigError(
-            f"{bundle}: holds a {meta.arch} with encoder {meta.encoder}, the model is a {arch} with "
-            f"encoder {encoder}; set model.arch and model.encoder to match, or drop model.init_from"
-        )
-    state = read_bundle_weights(bundle, meta)
-    messages: list[str] = []
-    heads = ("segmentation_head.", "classification_head.")
-    if meta.out_channels != classes:
-        state = {k: v for k, v in state.items() if not k.startswith(heads)}
-        messages.append(
-            f"re-initialised the segmentation head: {meta.out_channels} classes in bundle, {classes} now"
-        )
-    own = model.state_dict()
-    missing = [
-        k
-        for k in own
-        if k not in state and not (meta.out_channels != classes and k.startswith(heads))
-    ]
-    problems = [f"missing {k!r}" for k in missing] + [
-        f"unexpected {k!r}" for k in state if k not in own
-    ]
-    problems += [
-        f"{k!r} has shape {tuple(v.shape)}, the model's {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    if problems:
-        raise ConfigError(
-            f"{bundle}: weights do not fit the model ({problems[0]}; {len(problems)} problems): "
-            "were in_channels or model.kwargs different?"
-        )
-    model.load_state_dict(state, strict=False)
-    return messages

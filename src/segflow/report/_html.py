@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from segflow.data.dataset import atomic_write_text
+from segflow._io import atomic_write_text
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -10,7 +10,6 @@ out-of-ROI pixels flat grey.
 from __future__ import annotations
 
 import base64
-import csv
 import logging
 import math
 import shutil
@@ -21,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from segflow._version import __version__
-from segflow.data.dataset import ClassInfo
+from segflow.classes import ClassInfo
 from segflow.report._html import css_color, figure_uri, new_figure, render
+from segflow.report.curves import plot_curves, read_history
 
 log = logging.getLogger("segflow.eval")
 
@@ -193,30 +193,8 @@ def iou_histogram(scores: Sequence[float]) -> str:
 
 def plot_history(history: Path, out: Path) -> Path | None:
     """Training curves from a run's ``history.csv`` (when the run has no ``curves.png``)."""
-    with history.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or "epoch" not in rows[0]:
-        return None
-
-    def column(key: str) -> list[float]:
-        return [float(r[key]) if r.get(key) else math.nan for r in rows]
-
-    epochs = column("epoch")
-    fig = new_figure(8.0, 3.0)
-    ax_loss, ax_metric = fig.subplots(1, 2)
-    for key, ax in (("train/loss_epoch", ax_loss), ("val/loss", ax_loss), ("val/mIoU", ax_metric),
-                    ("val/mDice", ax_metric), ("val/mIoU_fg", ax_metric)):  # fmt: skip
-        if key in rows[0]:
-            ax.plot(epochs, column(key), marker="o", markersize=3, label=key.replace("_epoch", ""))
-    for ax, title in ((ax_loss, "loss"), (ax_metric, "validation")):
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("epoch")
-        if ax.lines:
-            ax.legend(fontsize=7)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(out)
-    return out
+    rows = read_history(history)
+    return plot_curves(rows, out) if rows else None
 
 
 def png_uri(path: Path) -> str:

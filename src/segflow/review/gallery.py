@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from segflow.data.dataset import ClassInfo
+from segflow.classes import ClassInfo
 from segflow.review.scoring import KINDS
 
 THUMB_SIDE = 192
@@ -102,7 +102,7 @@ def write_gallery(
     created_at: str,
 ) -> Path:
     """Render ``review.html.j2`` to ``out`` (rows worst first, each with ``thumbs``)."""
-    from segflow.report._html import css_color, render
+    from segflow.report import css_color, render
 
     legend = [(k, css_color(c)) for k, c in zip(KINDS, KIND_COLORS, strict=True)]
     return render(

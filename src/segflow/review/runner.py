@@ -362,8 +362,8 @@ def _write_review(
     stem: str = "review",
 ) -> list[str]:
     """``<stem>.csv``, ``<stem>.html`` (and ``stems.txt`` of the ``top`` worst when top > 0)."""
+    from segflow._io import now_iso
     from segflow._version import __version__
-    from segflow.data.dataset import now_iso
 
     (folder / f"{stem}.csv").write_text(_csv_text(rows), encoding="utf-8")
     gallery.write_gallery(

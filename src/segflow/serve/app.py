@@ -56,6 +56,7 @@ from segflow.serve.schemas import (
     ModelSpec,
     PredictSummary,
 )
+from segflow.serve.served import ModelFacts, ServedPredictor, model_facts
 from segflow.serve.settings import ServeSettings
 
 log = logging.getLogger("segflow.serve")
@@ -146,41 +147,30 @@ class _QueryPatterns(NamedTuple):
         return cls(class_list=f"^{one}(?:,{one})*$", min_size=f"^{size}(?:,{size})*$")
 
 
-def _first_meta(predictor: Any) -> Any:
-    members = getattr(predictor, "members", None)
-    return getattr(members[0], "meta", None) if members else None
-
-
-def _info(predictor: Any, settings: ServeSettings) -> Info:
-    meta = _first_meta(predictor)
-    members = getattr(predictor, "members", None) or []
-    first = members[0] if members else None
-    post = getattr(predictor, "post", None)
-    dump = getattr(post, "model_dump", None)
-    binary = predictor.task == "binary"
+def _info(predictor: ServedPredictor, facts: ModelFacts, settings: ServeSettings) -> Info:
     return Info(
-        name=getattr(meta, "name", None) or "segflow",
+        name=facts.name or "segflow",
         version=__version__,
         task=str(predictor.task),
         classes=[ClassSpec(id=c.id, name=c.name, color=list(c.color)) for c in predictor.classes],
         input=InputSpec(
-            channels=getattr(meta, "in_channels", None),
-            dtype=getattr(meta, "input_dtype", None),
+            channels=facts.in_channels,
+            dtype=facts.input_dtype,
             formats=INPUT_FORMATS,
-            tile_size=getattr(first, "tile", None),
-            overlap=getattr(first, "overlap", None),
-            tta=list(first.tta) if first is not None and hasattr(first, "tta") else None,
-            threshold=getattr(predictor, "threshold", None) if binary else None,
-            postprocess=dump(mode="json") if callable(dump) else None,
+            tile_size=facts.tile,
+            overlap=facts.overlap,
+            tta=facts.tta,
+            threshold=facts.threshold,
+            postprocess=facts.postprocess,
         ),
         model=ModelSpec(
-            arch=getattr(meta, "arch", None),
-            encoder=getattr(meta, "encoder", None),
-            bundles=max(1, len(members)),
-            created_at=getattr(meta, "created_at", None),
-            metrics=dict(getattr(meta, "metrics", None) or {}),
+            arch=facts.arch,
+            encoder=facts.encoder,
+            bundles=facts.bundles,
+            created_at=facts.created_at,
+            metrics=facts.metrics,
         ),
-        backend=str(getattr(predictor, "backend_name", "custom")),
+        backend=facts.backend,
         output_formats=list(FORMATS),
         limits=Limits(
             max_upload_bytes=settings.max_upload_bytes,
@@ -226,27 +216,40 @@ def _install_error_handlers(app: FastAPI, hints: dict[str, str]) -> None:
     app.add_exception_handler(Exception, server_error)
 
 
-def create_app(predictor: Any, settings: ServeSettings | None = None) -> FastAPI:
+def create_app(predictor: ServedPredictor, settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI app serving ``predictor`` (a :class:`segflow.infer.predictor.Predictor`).
 
+    Built in named steps: the app and its error handlers, the middleware (body limit, API key,
+    CORS), the key check, then the routes (service routes and ``/predict``).
+
     Args:
-        predictor: anything with ``predict_array(image, stem=...) -> .labels``, ``classes``,
-            ``task`` and ``backend_name``; per-request options need the Predictor's attributes
-            (see :func:`segflow.serve.options.with_options`).
+        predictor: anything with ``predict_array(image, stem=...) -> .labels``, ``classes``
+            and ``task`` (:class:`segflow.serve.served.ServedPredictor`); ``/info`` shows what
+            else it has (:func:`segflow.serve.served.model_facts`), and per-request options need
+            the Predictor's attributes (see :func:`segflow.serve.options.with_options`).
         settings: limits, API key and CORS; the defaults of :class:`ServeSettings` otherwise.
     """
     cfg = settings or ServeSettings()
     gate = Gate(cfg.max_concurrency, cfg.max_queue)
-    classes = list(predictor.classes)
+    app = _configure_app(model_facts(predictor), gate, [c.name for c in predictor.classes])
+    _configure_middleware(app, cfg)
+    guarded = _key_dependencies(cfg)
+    _add_service_routes(app, predictor, cfg, guarded)
+    _add_predict_route(app, predictor, cfg, gate, guarded)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+    return app
+
+
+def _configure_app(facts: ModelFacts, gate: Gate, names: list[str]) -> FastAPI:
+    """The FastAPI app (title, docs text, the gate closed at shutdown) and its error handlers."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         gate.close()
 
-    meta = _first_meta(predictor)
     app = FastAPI(
-        title=f"segflow: {getattr(meta, 'name', None) or 'model'}",
+        title=f"segflow: {facts.name or 'model'}",
         version=__version__,
         description="Semantic segmentation over HTTP. `POST /predict` with the multipart field "
         "`image` returns the class-id mask (`curl -F image=@photo.png "
@@ -254,17 +257,22 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> FastAPI
         lifespan=lifespan,
     )
     app.state.gate = gate
-    names = ", ".join(c.name for c in classes)
-    class_hint = f"use class names or ids ({names}) or all, comma-separated"
+    listed = ", ".join(names)
+    class_hint = f"use class names or ids ({listed}) or all, comma-separated"
     _install_error_handlers(
         app,
         {
             "tta": "use h, v, hv (comma-separated) or none",
             "fill_holes": class_hint,
             "keep_largest": class_hint,
-            "min_size": f"use PIXELS or CLASS=PIXELS (up to 9 digits; CLASS: {names} or all)",
+            "min_size": f"use PIXELS or CLASS=PIXELS (up to 9 digits; CLASS: {listed} or all)",
         },
     )
+    return app
+
+
+def _configure_middleware(app: FastAPI, cfg: ServeSettings) -> None:
+    """The body-size and API-key guard, and CORS when origins are allowed."""
     app.add_middleware(
         Guard,
         max_body=cfg.max_upload_bytes,
@@ -282,8 +290,9 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> FastAPI
             expose_headers=["Content-Disposition", "Retry-After"],
         )
 
-    binary = predictor.task == "binary"
-    patterns = _QueryPatterns.for_classes([c.name for c in classes])
+
+def _key_dependencies(cfg: ServeSettings) -> list[Any]:
+    """The route dependencies that check the API key (none when the server has no key)."""
     key_header = APIKeyHeader(
         name=API_KEY_HEADER, auto_error=False, description="the server's API key"
     )
@@ -295,7 +304,13 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> FastAPI
         if expected_key is not None and not key_matches(key, expected_key):
             raise HTTPException(401, unauthorized_message(), {"WWW-Authenticate": API_KEY_HEADER})
 
-    guarded: list[Any] = [Security(check_key)] if expected_key is not None else []
+    return [Security(check_key)] if expected_key is not None else []
+
+
+def _add_service_routes(
+    app: FastAPI, predictor: ServedPredictor, cfg: ServeSettings, guarded: list[Any]
+) -> None:
+    """``/health``, ``/info`` and the web page at ``/``."""
 
     @app.get("/health", response_model=Health, tags=["service"])
     async def health() -> Health:
@@ -305,7 +320,25 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> FastAPI
     @app.get("/info", response_model=Info, responses=_ERRORS, dependencies=guarded, tags=["model"])
     async def info() -> Info:
         """The model: name, classes and colours, input spec, defaults, backend and limits."""
-        return _info(predictor, cfg)
+        return _info(predictor, model_facts(predictor), cfg)
+
+    @app.get("/", include_in_schema=False, response_model=None)
+    async def page() -> Response:
+        index = STATIC_DIR / "index.html"
+        if not index.is_file():
+            return _error(404, "the web page is not installed; the API is at /docs")
+        return FileResponse(index, media_type="text/html")
+
+
+# Long: the route's signature is its OpenAPI schema (one declared Query per option); the work
+# itself is in _job and _gated.
+def _add_predict_route(
+    app: FastAPI, predictor: ServedPredictor, cfg: ServeSettings, gate: Gate, guarded: list[Any]
+) -> None:
+    """``POST /predict``: options validated by FastAPI, the work queued through the gate."""
+    classes = list(predictor.classes)
+    binary = predictor.task == "binary"
+    patterns = _QueryPatterns.for_classes([c.name for c in classes])
 
     @app.post(
         "/predict",
@@ -411,29 +444,7 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> FastAPI
         await image.close()
         deadline = time.monotonic() + cfg.request_timeout_s
         job = _job(variant, data, name, fmt, cfg, polygons, classes, deadline)
-        try:
-            body = await gate.run(job, cfg.request_timeout_s)
-        except PredictionStoppedError:  # its deadline came just before the gate's timeout
-            raise HTTPException(
-                504, f"the prediction took longer than {cfg.request_timeout_s:g} s"
-            ) from None
-        except SaturatedError:
-            raise HTTPException(
-                503,
-                f"server busy: {cfg.max_concurrency} predictions running and {cfg.max_queue} "
-                "waiting; retry later",
-                {"Retry-After": str(cfg.retry_after_s)},
-            ) from None
-        except GateTimeoutError as exc:
-            if not exc.started:
-                raise HTTPException(
-                    503,
-                    f"server busy: no prediction slot freed within {cfg.request_timeout_s:g} s",
-                    {"Retry-After": str(cfg.retry_after_s)},
-                ) from None
-            raise HTTPException(
-                504, f"the prediction took longer than {cfg.request_timeout_s:g} s"
-            ) from None
+        body = await _gated(gate, job, cfg)
         return Response(
             body,
             media_type=MEDIA_TYPES[fmt],
@@ -443,15 +454,32 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> FastAPI
             },
         )
 
-    @app.get("/", include_in_schema=False, response_model=None)
-    async def page() -> Response:
-        index = STATIC_DIR / "index.html"
-        if not index.is_file():
-            return _error(404, "the web page is not installed; the API is at /docs")
-        return FileResponse(index, media_type="text/html")
 
-    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
-    return app
+async def _gated(gate: Gate, job: Callable[[], bytes], cfg: ServeSettings) -> bytes:
+    """Run ``job`` through the gate; its refusals and time-outs as 503 / 504 HTTP errors."""
+    try:
+        return await gate.run(job, cfg.request_timeout_s)
+    except PredictionStoppedError:  # its deadline came just before the gate's timeout
+        raise HTTPException(
+            504, f"the prediction took longer than {cfg.request_timeout_s:g} s"
+        ) from None
+    except SaturatedError:
+        raise HTTPException(
+            503,
+            f"server busy: {cfg.max_concurrency} predictions running and {cfg.max_queue} "
+            "waiting; retry later",
+            {"Retry-After": str(cfg.retry_after_s)},
+        ) from None
+    except GateTimeoutError as exc:
+        if not exc.started:
+            raise HTTPException(
+                503,
+                f"server busy: no prediction slot freed within {cfg.request_timeout_s:g} s",
+                {"Retry-After": str(cfg.retry_after_s)},
+            ) from None
+        raise HTTPException(
+            504, f"the prediction took longer than {cfg.request_timeout_s:g} s"
+        ) from None
 
 
 def _job(

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from segflow.data.dataset import ClassInfo
+from segflow.classes import ClassInfo
 
 Format = Literal["png", "webp", "json", "overlay"]
 FORMATS: tuple[Format, ...] = ("png", "webp", "json", "overlay")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-#: 20 MiB: a 12-megapixel photo as PNG is 10-20 MB; larger scans should be tiled client-side or
-#: the limit raised (``--max-upload-mb``).
-DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-#: 40 megapixels (e.g. 6300 x 6300): the decoded image, its float32 copy and the label map stay
-#: under ~1 GB; the header is checked before any pixel is decoded.
-DEFAULT_MAX_PIXELS = 40_000_000
+from segflow import _serve_defaults as defaults
+
+#: See :mod:`segflow._serve_defaults` (the one home of the default limits).
+DEFAULT_MAX_UPLOAD_BYTES = round(defaults.MAX_UPLOAD_MB * 2**20)
+DEFAULT_MAX_PIXELS = defaults.MAX_PIXELS
 
 
 class ServeSettings(BaseModel):
@@ -43,18 +42,18 @@ class ServeSettings(BaseModel):
         "passes x models); more gets 422",
     )
     request_timeout_s: float = Field(
-        60.0,
+        defaults.REQUEST_TIMEOUT_S,
         gt=0,
         description="seconds a prediction may take, waiting in the queue included; "
         "then 503 (still queued) or 504 (running)",
     )
     max_concurrency: int = Field(
-        2,
+        defaults.MAX_CONCURRENCY,
         ge=1,
         description="predictions running at once (each already uses every CPU core of the backend)",
     )
     max_queue: int = Field(
-        32,
+        defaults.MAX_QUEUE,
         ge=0,
         description="predictions waiting for a free slot; beyond that requests get 503 with "
         "Retry-After",

@@ -18,7 +18,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from segflow.data.dataset import atomic_write_text
+from segflow._io import atomic_write_text
 
 if TYPE_CHECKING:
     from segflow.models.bundle import BundleMeta
@@ -166,28 +166,10 @@ class History(L.Callback):
         ]
         atomic_write_text(self.run_dir / "history.csv", "\n".join(lines) + "\n")
         if plot:
-            self._plot(self.run_dir / "curves.png")
+            from segflow.report.curves import plot_curves
+
+            plot_curves(self.rows, self.run_dir / "curves.png")
             self._plotted = time.monotonic()
-
-    def _plot(self, out: Path) -> None:
-        from segflow.report._html import new_figure
-
-        fig = new_figure(9.0, 3.2)
-        ax_loss, ax_metric, ax_lr = fig.subplots(1, 3)
-        epochs = [r["epoch"] for r in self.rows]
-        for key, ax in (("train/loss_epoch", ax_loss), ("val/loss", ax_loss), ("val/mIoU", ax_metric),
-                        ("val/mDice", ax_metric), ("val/mIoU_fg", ax_metric), ("lr", ax_lr)):  # fmt: skip
-            ys = [r.get(key, math.nan) for r in self.rows]
-            if any(not math.isnan(y) for y in ys):
-                ax.plot(epochs, ys, marker="o", markersize=3, label=key.replace("_epoch", ""))
-        for ax, title in ((ax_loss, "loss"), (ax_metric, "validation"), (ax_lr, "learning rate")):
-            ax.set_title(title, fontsize=9)
-            ax.set_xlabel("epoch")
-            if ax.lines:
-                ax.legend(fontsize=7)
-        tmp = out.with_name(f".{out.name}.tmp.png")
-        fig.savefig(tmp)
-        tmp.replace(out)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Record the last epoch, draw the final curves and publish them with the history."""

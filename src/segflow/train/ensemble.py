@@ -25,15 +25,16 @@ import json
 import logging
 import shutil
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from segflow._io import atomic_write_text
 from segflow.config import SegflowConfig
-from segflow.data.dataset import CanonicalDataset, SplitRow, atomic_write_text, splits_csv_text
+from segflow.data.dataset import CanonicalDataset, SplitRow, splits_csv_text
 from segflow.errors import DataError, UsageError
 
 log = logging.getLogger("segflow.train")
@@ -128,11 +129,18 @@ def read_fold_rows(path: Path) -> list[SplitRow]:
 
 
 def train_fold_ensemble(
-    cfg: SegflowConfig, run_name: str, k: int, *, progress: bool, callbacks: Sequence[Any]
+    cfg: SegflowConfig,
+    run_name: str,
+    k: int,
+    *,
+    fit_run: Callable[..., Any],
+    progress: bool,
+    callbacks: Sequence[Any],
 ) -> EnsembleResult:
-    """Train K fold members, write their OOF predictions, tune on them, write the ensemble."""
-    from segflow.train.runner import fit_run
+    """Train K fold members, write their OOF predictions, tune on them, write the ensemble.
 
+    ``fit_run`` trains one member (the runner's, passed in: the runner imports this module).
+    """
     ds = CanonicalDataset(cfg.data.dataset or ".")
     root = cfg.train.output / run_name
     if root.exists() and {p.name for p in root.iterdir()} - {"plan.yaml"}:  # a plan: planned now

@@ -447,6 +447,15 @@ def _resolve_class_weights(
         class_weights = cfg.class_weights
     if class_weights is None:
         return None
+    return torch.tensor(check_class_weights(class_weights, num_classes), dtype=torch.float32)
+
+
+def check_class_weights(class_weights: Sequence[float], num_classes: int) -> list[float]:
+    """The weights as floats; a ConfigError unless one finite, >= 0 weight per class, not all 0.
+
+    The one home of this check: training calls it before it creates the run folder, and
+    :func:`build_loss` again for weights given directly.
+    """
     values = [float(w) for w in class_weights]
     if len(values) != num_classes:
         raise ConfigError(
@@ -455,7 +464,7 @@ def _resolve_class_weights(
         )
     if any(not math.isfinite(w) or w < 0 for w in values) or sum(values) <= 0:
         raise ConfigError(f"loss.class_weights must be finite, >= 0 and not all 0; got {values}")
-    return torch.tensor(values, dtype=torch.float32)
+    return values
 
 
 def build_loss(

@@ -143,7 +143,7 @@ class Plan:
 
     def write(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_yaml` atomically; returns the path."""
-        from segflow.data.dataset import atomic_write_text
+        from segflow._io import atomic_write_text
 
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)

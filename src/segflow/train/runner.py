@@ -25,13 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
+from segflow._io import atomic_write_text, dump_yaml, now_iso
 from segflow._version import __version__
 from segflow.config import SegflowConfig, config_to_dict, load_config
-from segflow.data.dataset import CanonicalDataset, atomic_write_text, dump_yaml, now_iso
-from segflow.errors import ConfigError, DataError, UsageError
-from segflow.train.data_stats import DataStats, data_stats, resolve_stems
+from segflow.data.dataset import CanonicalDataset
+from segflow.errors import ConfigError, UsageError
+from segflow.train.data_stats import resolve_stems
 from segflow.train.ensemble import EnsembleResult, parse_folds, write_fold_summary
 from segflow.train.launch import check_world, external_launch, is_global_rank_zero, shared_run_name
 
@@ -200,7 +199,8 @@ def train(
     if k is not None:
         from segflow.train.ensemble import train_fold_ensemble
 
-        return train_fold_ensemble(cfg, run_name, k, progress=progress, callbacks=callbacks)
+        return train_fold_ensemble(cfg, run_name, k, fit_run=fit_run, progress=progress,
+                                   callbacks=callbacks)  # fmt: skip
     if folds is not None:
         return _train_folds(cfg, run_name, progress=progress, callbacks=callbacks)
     run_dir = cfg.train.output / run_name
@@ -301,77 +301,28 @@ def fit_run(
     tune: bool = True,
 ) -> TrainResult:
     """Train one run into ``run_dir``; ``stems`` (train/val/test) replace splits.csv's."""
-    import lightning as L
-
-    from segflow.data.transforms import Preprocessor, resolve_normalization
-    from segflow.train.callbacks import BestBundle, History, Overlays, epoch_progress_bar
+    from segflow.train import fit_setup as setup
     from segflow.train.data import SegmentationData
-    from segflow.train.losses import auto_class_weights
-    from segflow.train.task import SegmentationTask
-    from segflow.train.tracking import git_sha, start_tracking
+    from segflow.train.losses import check_class_weights
 
     dataset = CanonicalDataset(cfg.data.dataset or ".")
     meta = dataset.meta
     task_kind: Literal["binary", "multiclass"] = "binary" if meta.num_classes == 2 else "multiclass"
     weights = cfg.loss.class_weights
-    if isinstance(weights, list) and len(weights) != meta.num_classes:  # before any run folder
-        raise ConfigError(
-            f"loss.class_weights has {len(weights)} values for {meta.num_classes} classes"
-        )
+    if isinstance(weights, list):  # before any run folder
+        check_class_weights(weights, meta.num_classes)
     if stems is None:
         stems = resolve_stems(dataset, cfg.data.fold, cfg.train.seed)
     if not stems["val"]:
         log.warning("no validation images: the last epoch's weights become the bundle")
     rank_zero = is_global_rank_zero()
-    stats_file = run_dir / "data_stats.json"
-    if stats_file.is_file():
-        try:
-            stats = DataStats(**json.loads(stats_file.read_text(encoding="utf-8")))
-        except (ValueError, TypeError) as exc:  # JSONDecodeError, UnicodeError, wrong keys
-            raise DataError(
-                stats_file, f"damaged ({exc}); delete it to measure the training images again"
-            ) from None
-    else:  # before the run folder: unusable images (NaN pixels) are refused here
-        stats = data_stats(dataset, stems["train"], cfg, progress=progress and rank_zero)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if rank_zero:
-            atomic_write_text(stats_file, json.dumps(stats.__dict__, indent=2))
-    pretrained = cfg.model.encoder_weights is not None or cfg.model.init_from is not None
-    normalization = resolve_normalization(
-        cfg.data.preprocess,
-        dtype=stats.dtype,
-        channels=stats.channels,
-        raw_mean=stats.raw_mean,
-        raw_std=stats.raw_std,
-        pretrained=pretrained,
+    stats = setup.measure_training_data(
+        dataset, stems["train"], run_dir, cfg, progress=progress and rank_zero, rank_zero=rank_zero
     )
-    preprocessor = Preprocessor(cfg.data.preprocess, stats.channels, normalization)
-    weights = cfg.loss.class_weights
-    class_weights: list[float] | None
-    if weights == "auto":
-        class_weights = auto_class_weights(stats.class_pixels)
-    elif isinstance(weights, list):
-        if len(weights) != meta.num_classes:
-            raise ConfigError(
-                f"loss.class_weights has {len(weights)} values for {meta.num_classes} classes"
-            )
-        class_weights = [float(w) for w in weights]
-    else:
-        class_weights = None
-
+    normalization, preprocessor = setup.configure_preprocessing(cfg, stats)
     resolved = config_to_dict(cfg)
     resolved["data"]["dataset"] = str(Path(cfg.data.dataset or ".").resolve())
-
-    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    task = SegmentationTask(
-        resolved,
-        meta.class_names,
-        task_kind,
-        stats.channels,
-        class_weights=class_weights,
-        ignore_index=meta.ignore_index,
-        pretrained=ckpt is None,
-    )
+    task = setup.configure_task(cfg, resolved, meta, task_kind, stats, pretrained=ckpt is None)
     if ckpt is not None and checkpoint is not None:  # before the run's files change
         from segflow.train.resume import check_weights
 
@@ -381,130 +332,44 @@ def fit_run(
     for message in task.init_messages:
         log.warning(message)
     datamodule = SegmentationData(dataset, stems, preprocessor, cfg)
-
-    tags = {"segflow.version": __version__, "dataset": meta.name, "dataset.fingerprint": stats.digest(),
-            "task": task_kind}  # fmt: skip
-    sha = git_sha()
-    if sha:
-        tags["git.sha"] = sha
-    if cfg.data.fold is not None:
-        tags["fold"] = str(cfg.data.fold)
-    tracking = start_tracking(
-        cfg.tracking,
-        output=cfg.train.output,
-        run_name=run_name,
-        params=resolved,
-        tags=tags,
-        run_id=(state or {}).get("mlflow_run_id"),
+    tracking = setup.configure_tracking(
+        cfg, run_name, resolved, meta, stats, task_kind, state
     ) if rank_zero else None  # fmt: skip
     sink = tracking.log_artifact if tracking else None
-
-    def make_meta(metrics: dict[str, float]) -> Any:
-        from segflow.models.bundle import BundleMeta, InferenceSettings
-
-        return BundleMeta(
-            segflow_version=__version__,
-            name=run_name,
-            created_at=now_iso(),
-            task=task_kind,
-            classes=meta.classes,
-            ignore_index=meta.ignore_index,
-            arch=cfg.model.arch,
-            encoder=cfg.model.encoder,
-            model_kwargs=cfg.model.kwargs,
-            in_channels=stats.channels,
-            out_channels=task.out_channels,
-            preprocess=cfg.data.preprocess.model_dump(mode="json"),
-            normalization=normalization.model_dump(),
-            input_dtype=stats.dtype,
-            tile_size=cfg.data.tile_size,
-            inference=InferenceSettings(tile_size=cfg.data.tile_size),
-            threshold=task.threshold,
-            weight_averaging=cfg.train.weight_averaging,
-            metrics={
-                k: v for k, v in metrics.items() if not (isinstance(v, float) and np.isnan(v))
-            },
-            config=resolved,
-            dataset={
-                "name": meta.name,
-                "path": resolved["data"]["dataset"],
-                "fingerprint": stats.digest(),
-            },
-        )
-
-    task.inference_meta = lambda: make_meta({})  # tiled validation predicts as the bundle will
-    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-
-    t = cfg.train
-    callbacks: list[Any] = [
-        # Resumable checkpoints by wall-clock time, not every epoch: on small datasets an epoch is
-        # a handful of steps and saving model + optimiser state each time cost 75% of GPU
-        # throughput (benchmarks/train_overhead.py, H100).
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="timed", save_top_k=1,
-                        train_time_interval=_dt.timedelta(minutes=t.checkpoint_minutes),
-                        enable_version_counter=False),
-        BestBundle(run_dir / "best.segflow", make_meta, t.monitor if stems["val"] else "train/loss_epoch",
-                   t.monitor_mode if stems["val"] else "min"),
-        History(run_dir, sink),
-        Overlays(run_dir, meta.classes, normalization.mean, normalization.std,
-                 cfg.tracking.images_every, sink, cfg.data.preprocess.normalize == "image"),
-        LearningRateMonitor(logging_interval="epoch"),
-    ]  # fmt: skip
-    from segflow.train.averaging import weight_averaging_callback
-
-    averaging = weight_averaging_callback(t)
-    if averaging is not None:  # validated, checkpointed and saved as the bundle
-        callbacks.append(averaging)
-    if t.early_stopping and stems["val"]:
-        callbacks.append(
-            EarlyStopping(monitor=t.monitor, mode=t.monitor_mode, patience=t.early_stopping)
-        )
-    if t.checkpoint_every_steps:
-        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step", save_top_k=1,
-                                         every_n_train_steps=t.checkpoint_every_steps,
-                                         enable_version_counter=False))  # fmt: skip
-    if t.max_minutes:  # a per-step schedule that keeps to the time limit on a slow machine
-        from segflow.train.plan_cost import budget_schedule_callback
-
-        callbacks.append(budget_schedule_callback())
-    if ckpt is not None:  # the schedule follows this config's length, not the checkpoint's
-        from segflow.train.resume import schedule_length_callback
-
-        callbacks.append(schedule_length_callback())
-    callbacks.extend(extra_callbacks)
-    if progress:
-        callbacks.append(epoch_progress_bar(t.monitor))
-    attempt = len(list((run_dir / "logs").glob("attempt*"))) if (run_dir / "logs").is_dir() else 0
-    loggers: list[Any] = [CSVLogger(run_dir, name="logs", version=f"attempt{attempt}")]
-    if tracking is not None:
-        loggers.append(tracking.logger)
-
-    trainer = L.Trainer(
-        default_root_dir=run_dir,
-        max_epochs=t.epochs,
-        max_steps=t.max_steps,
-        max_time=_dt.timedelta(minutes=t.max_minutes) if t.max_minutes else None,
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=t.strategy,
-        precision=resolve_precision(t.precision, t.accelerator),  # type: ignore[arg-type]
-        accumulate_grad_batches=t.grad_accumulation,
-        gradient_clip_val=t.grad_clip or None,
-        check_val_every_n_epoch=t.val_every,
-        log_every_n_steps=t.log_every_steps,
-        limit_train_batches=t.limit_train_batches,
-        limit_val_batches=t.limit_val_batches if stems["val"] else 0,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-        logger=loggers,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
+    make_meta = setup.bundle_meta_factory(
+        cfg, run_name, resolved, meta, stats, task, normalization, task_kind
     )
+    task.inference_meta = lambda: make_meta({})  # tiled validation predicts as the bundle will
+    has_val = bool(stems["val"])
+    callbacks = setup.configure_callbacks(
+        cfg, run_dir, meta, normalization, make_meta, sink, has_val=has_val,
+        resumed=ckpt is not None, extra_callbacks=extra_callbacks, progress=progress,
+    )  # fmt: skip
+    t = cfg.train
+    trainer = setup.configure_trainer(
+        cfg, run_dir, callbacks, tracking, has_val=has_val, progress=progress,
+        precision=resolve_precision(t.precision, t.accelerator),
+    )  # fmt: skip
     if rank_zero:
         os.environ[RUN_NAME_ENV] = run_name  # processes started by a DDP launch join this run
         _write_state(run_dir, run_name, cfg, tracking, status="running")
+    _run_fit(trainer, task, datamodule, ckpt, run_dir, run_name, cfg, tracking, rank_zero)
+    return _finish(trainer, callbacks, dataset, stems["val"], run_dir, run_name, cfg, tracking,
+                   rank_zero, progress, tune=tune)  # fmt: skip
+
+
+def _run_fit(
+    trainer: Any,
+    task: Any,
+    datamodule: Any,
+    ckpt: Path | None,
+    run_dir: Path,
+    run_name: str,
+    cfg: SegflowConfig,
+    tracking: Any,
+    rank_zero: bool,
+) -> None:
+    """``trainer.fit`` with Lightning's expected warnings silenced; a failure marks the run."""
     with warnings.catch_warnings():
         # Lightning's hint that few loader workers may bottleneck: deliberate on small machines
         # (and num_workers=0 in tests); the train_overhead benchmark measures the real cost.
@@ -531,6 +396,26 @@ def fit_run(
                 _write_state(run_dir, run_name, cfg, tracking, status="failed")
             _reraise_interrupt(exc, run_dir)
             raise
+
+
+def _finish(
+    trainer: Any,
+    callbacks: list[Any],
+    dataset: CanonicalDataset,
+    val: Sequence[str],
+    run_dir: Path,
+    run_name: str,
+    cfg: SegflowConfig,
+    tracking: Any,
+    rank_zero: bool,
+    progress: bool,
+    *,
+    tune: bool = True,
+) -> TrainResult:
+    """Final checkpoint; on rank zero tune, export, record the state and publish to MLflow."""
+    from segflow.train.callbacks import BestBundle
+
+    t = cfg.train
     # One final checkpoint so a finished run can be continued (--resume RUN --set train.epochs=N):
     # the full state (optimiser, loops, callbacks), said explicitly (Lightning logs the default).
     trainer.save_checkpoint(run_dir / "checkpoints" / "final.ckpt", weights_only=False)
@@ -539,8 +424,8 @@ def fit_run(
     if rank_zero:
         from segflow.export.onnx import export_after_training
 
-        if tune and t.tune and stems["val"] and (run_dir / "best.segflow").is_dir():
-            tune_after_training(run_dir / "best.segflow", dataset, stems["val"], progress)
+        if tune and t.tune and val and (run_dir / "best.segflow").is_dir():
+            tune_after_training(run_dir / "best.segflow", dataset, val, progress)
         export_after_training(run_dir / "best.segflow")  # fast backends out of the box
         _write_state(run_dir, run_name, cfg, tracking, status="finished", best=best_cb.best,
                      epochs=trainer.current_epoch, world_size=trainer.world_size,

@@ -73,7 +73,8 @@ class SegmentationTask(L.LightningModule):
     # -- configure_* hooks -------------------------------------------------------------------
     def configure_models(self, in_channels: int, pretrained: bool) -> None:
         """Build the SMP network (and fine-tune from an earlier bundle when asked)."""
-        from segflow.models.factory import create_model, init_from_bundle
+        from segflow.models.factory import create_model
+        from segflow.models.warm_start import init_from_bundle
 
         m = self.cfg.model
         self.out_channels = 1 if self.task == "binary" else self.num_classes

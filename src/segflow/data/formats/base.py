@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from segflow._io import now_iso
 from segflow._parallel import parallel_map
 from segflow.data import image_io
 from segflow.data.dataset import (
@@ -36,7 +37,6 @@ from segflow.data.dataset import (
     DatasetWriter,
     SourceInfo,
     SplitRow,
-    now_iso,
     write_image_file,
 )
 from segflow.data.formats.classes import (
@@ -419,18 +419,8 @@ def run_import(
 
     options = options or ImportOptions()
     importer_cls = IMPORTERS.get(format_name)
-    src_path = Path(src)
-    if not src_path.exists():
-        raise UsageError(f"{src_path}: source not found")
-    out_path = Path(out)
-    if out_path.resolve() == src_path.resolve() or (
-        out_path.resolve().is_relative_to(src_path.resolve()) and src_path.is_dir()
-    ):
-        raise UsageError(f"{out_path}: output must not be inside the source {src_path}")
-    if options.images is not None and not (
-        options.images.is_dir() or (importer_cls.images_may_be_file and options.images.is_file())
-    ):
-        raise UsageError(f"{options.images}: --images folder not found")
+    src_path, out_path = Path(src), Path(out)
+    _check_paths(importer_cls, src_path, out_path, options)
     spec: ClassesSpec | None = load_classes_file(options.classes) if options.classes else None
 
     writer = DatasetWriter(out_path, overwrite=options.overwrite)
@@ -459,47 +449,8 @@ def run_import(
     if options.strict and warnings:
         raise DataError(src_path, f"--strict: {warnings[0]}")
 
-    results: list[SampleResult] = []
-    skipped: list[SampleResult] = []
-    failure: list[str] = []
     with writer:
-        tasks = [
-            _Task(
-                importer_cls.name,
-                s,
-                writer.images,
-                writer.masks,
-                mapping.label_ids,
-                options,
-                len(mapping.classes),
-            )
-            for s in plan.samples
-        ]
-
-        def on_done(res: SampleResult) -> bool:
-            if res.error is not None:
-                if options.skip_bad:
-                    skipped.append(res)
-                    return True
-                failure.append(res.error)
-                return False
-            if options.strict and res.warnings:
-                failure.append(f"--strict: {res.warnings[0]}")
-                return False
-            results.append(res)
-            return True
-
-        for res in parallel_map(
-            _safe_materialise,
-            tasks,
-            workers=options.workers,
-            progress=progress,
-            label=f"import {importer_cls.name}",
-        ):
-            if not on_done(res):
-                break
-        if failure:
-            raise DataError(None, failure[0])
+        results, skipped = _import_all(importer_cls.name, plan, writer, mapping, options, progress)
         if not results:
             raise DataError(src_path, "every sample failed to import; nothing written")
         sample_warnings = Counter(w for r in results for w in r.warnings)
@@ -523,6 +474,78 @@ def run_import(
     for w in warnings:
         log.warning(w)
     return ImportReport(out_path, meta, results, skipped, warnings)
+
+
+def _check_paths(
+    importer_cls: type[Importer], src_path: Path, out_path: Path, options: ImportOptions
+) -> None:
+    """UsageErrors before any work: no source, output inside the source, no ``--images``."""
+    if not src_path.exists():
+        raise UsageError(f"{src_path}: source not found")
+    if out_path.resolve() == src_path.resolve() or (
+        out_path.resolve().is_relative_to(src_path.resolve()) and src_path.is_dir()
+    ):
+        raise UsageError(f"{out_path}: output must not be inside the source {src_path}")
+    if options.images is not None and not (
+        options.images.is_dir() or (importer_cls.images_may_be_file and options.images.is_file())
+    ):
+        raise UsageError(f"{options.images}: --images folder not found")
+
+
+def _import_all(
+    name: str,
+    plan: ImportPlan,
+    writer: DatasetWriter,
+    mapping: ClassMapping,
+    options: ImportOptions,
+    progress: bool,
+) -> tuple[list[SampleResult], list[SampleResult]]:
+    """Convert every planned sample into the writer's folders (in parallel).
+
+    Returns the imported and the skipped (``--skip-bad``) samples; the first failure otherwise
+    raises a DataError.
+    """
+    results: list[SampleResult] = []
+    skipped: list[SampleResult] = []
+    failure: list[str] = []
+    tasks = [
+        _Task(
+            name,
+            s,
+            writer.images,
+            writer.masks,
+            mapping.label_ids,
+            options,
+            len(mapping.classes),
+        )
+        for s in plan.samples
+    ]
+
+    def on_done(res: SampleResult) -> bool:
+        if res.error is not None:
+            if options.skip_bad:
+                skipped.append(res)
+                return True
+            failure.append(res.error)
+            return False
+        if options.strict and res.warnings:
+            failure.append(f"--strict: {res.warnings[0]}")
+            return False
+        results.append(res)
+        return True
+
+    for res in parallel_map(
+        _safe_materialise,
+        tasks,
+        workers=options.workers,
+        progress=progress,
+        label=f"import {name}",
+    ):
+        if not on_done(res):
+            break
+    if failure:
+        raise DataError(None, failure[0])
+    return results, skipped
 
 
 def _check_duplicate_stems(samples: Sequence[SampleSpec]) -> None:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segflow.data.dataset import IGNORE_INDEX, ClassInfo, make_classes
+from segflow.classes import ClassInfo
+from segflow.data.dataset import IGNORE_INDEX, make_classes
 from segflow.errors import DataError, UsageError
 
 BACKGROUND_ALIASES = frozenset({"background", "_background_", "__background__", "bg"})

@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from segflow._io import atomic_write_text, now_iso
 from segflow._progress import ProgressBar
 from segflow._version import __version__
 from segflow.data import image_io
-from segflow.data.dataset import CanonicalDataset, atomic_write_text, now_iso
+from segflow.data.dataset import CanonicalDataset
 from segflow.data.formats import EXPORTERS
 from segflow.errors import DataError, UsageError
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segflow.data.dataset import IGNORE_INDEX, default_color
+from segflow.classes import default_color
+from segflow.data.dataset import IGNORE_INDEX
 from segflow.data.formats import IMPORTERS
 from segflow.data.formats._index_masks import (
     Color,

@@ -1,16 +1,21 @@
 """MLflow tracking: an embedded sqlite store by default, a real server on request.
 
 A server that cannot be reached never stops training: one warning, and the metrics stay in the
-run folder (``metrics.csv``, ``history.csv``, ``curves.png``).
+run folder (``metrics.csv``, ``history.csv``, ``curves.png``). ``segflow eval`` logs its metrics
+to the training's MLflow run named in the run folder's ``run.json``.
+
+Shared by train and evaluate, so it sits below both (it imports only :mod:`segflow.config`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +23,8 @@ from typing import Any
 from segflow.config import TrackingConfig
 
 log = logging.getLogger("segflow.train")
+#: Evaluation logging keeps the evaluator's logger name.
+eval_log = logging.getLogger("segflow.eval")
 
 #: Seconds to wait for a tracking server's /health before training without it.
 PROBE_TIMEOUT = 3.0
@@ -202,3 +209,45 @@ def start_tracking(
     for change in changes:
         log.warning("resumed with %s (logged to MLflow as a new param version)", change)
     return Tracking(logger, target)
+
+
+def run_folder(bundle: Path) -> Path | None:
+    """The training run folder holding ``bundle`` (it has ``run.json``), else None."""
+    parent = bundle.absolute().parent
+    return parent if (parent / "run.json").is_file() else None
+
+
+def log_to_mlflow(run: Path, metrics: dict[str, float], files: Sequence[Path], folder: str) -> bool:
+    """Log metrics and files to the MLflow run named in ``run/run.json``; never raises.
+
+    Returns:
+        True when logged; False when the run has no MLflow run or logging failed (one warning).
+    """
+    try:
+        state = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        eval_log.warning(
+            "could not read %s (%s): evaluation not logged to MLflow", run / "run.json", exc
+        )
+        return False
+    run_id, uri = state.get("mlflow_run_id"), state.get("mlflow_uri")
+    if not isinstance(run_id, str) or not isinstance(uri, str) or not run_id or not uri:
+        return False
+    problem = reachable(uri)
+    try:
+        if problem is not None:
+            raise ConnectionError(problem)
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        stamp = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, v, stamp, 0) for k, v in metrics.items()])
+        for path in files:
+            client.log_artifact(run_id, str(path), folder)
+    except Exception as exc:  # any MLflow/transport failure must not lose the evaluation
+        eval_log.warning(
+            "could not log the evaluation to MLflow run %s at %s (%s)", run_id, uri, exc
+        )
+        return False
+    return True
