@@ -54,13 +54,14 @@ def _make_raster(path: Path, size: int) -> None:
             dst.write(np.stack(band), window=Window(0, y0, size, yy.shape[0]))
 
 
-def _child(kind: str, bundle: Path, raster: Path, out: Path, backend: str) -> None:
+def _child(kind: str, bundle: Path, raster: Path, out: Path, backend: str, precision: str) -> None:
     from segflow.api import predict
     from segflow.infer import windowed
 
     windowed.MIN_PIXELS = 1 if kind == "windowed" else 10**15
     start = time.perf_counter()
-    files = predict(bundle, raster, out=out, backend=backend, color=False, overlay=False)
+    files = predict(bundle, raster, out=out, backend=backend, precision=precision, color=False,
+                    overlay=False)  # fmt: skip
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"kind": kind, "seconds": seconds, "peak_mb": peak,
@@ -88,12 +89,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=20000)
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--backend", default="auto")
+    parser.add_argument("--precision", default="auto")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, bundle, raster, out = args.child
-        _child(kind, Path(bundle), Path(raster), Path(out), args.backend)
+        _child(kind, Path(bundle), Path(raster), Path(out), args.backend, args.precision)
         return
     from segflow.export.onnx import export_onnx
 
@@ -107,11 +109,16 @@ def main() -> None:
     print(f"made a {args.size}x{args.size} 3-band GeoTIFF ({raster.stat().st_size / 2**20:.0f} MiB "
           f"on disk, {3 * args.size**2 / 2**30:.2f} GiB raw) and the bundle in "
           f"{time.perf_counter() - start:.0f} s")  # fmt: skip
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    # the whole-image read must be allowed past segflow's decompression-bomb limit (178 Mpx)
+    env = {
+        **os.environ,
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+        "SEGFLOW_MAX_PIXELS": str(2 * args.size**2),
+    }
     results = {}
     for kind in ("windowed", "whole"):
         command = [sys.executable, __file__, "--child", kind, str(bundle), str(raster),
-                   str(work / kind), "--backend", args.backend]  # fmt: skip
+                   str(work / kind), "--backend", args.backend, "--precision", args.precision]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
         if done.returncode != 0:
             print(f"{kind}: failed ({done.stderr.strip().splitlines()[-1:]})")
@@ -119,7 +126,8 @@ def main() -> None:
         results[kind] = json.loads(done.stdout.strip().splitlines()[-1])
     mpx = args.size**2 / 1e6
     print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs; Unet-resnet18, "
-          f"tile {args.tile}, overlap 0.25, gaussian, backend {args.backend}")  # fmt: skip
+          f"tile {args.tile}, overlap 0.25, gaussian, backend {args.backend} "
+          f"{args.precision}")  # fmt: skip
     for r in results.values():
         print(f"{r['kind']:9s} {r['seconds']:8.1f} s  {mpx / r['seconds']:6.2f} Mpx/s  "
               f"peak RSS {r['peak_mb']:7.0f} MiB")  # fmt: skip
