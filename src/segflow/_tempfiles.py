@@ -41,28 +41,8 @@ def sweep_stale(folder: Path, prefix: str, suffix: str = "") -> list[Path]:
     Only names of exactly that shape are considered (ours); each removal is logged as one line.
     Returns the removed paths.
     """
-    if not folder.is_dir():
-        return []
     shape = re.compile(rf"^{re.escape(prefix)}(\d+)-[0-9a-f]{{8}}{re.escape(suffix)}$")
-    removed = []
-    try:
-        entries = list(folder.iterdir())
-    except OSError:
-        return []
-    for entry in entries:
-        match = shape.match(entry.name)
-        if match is None or _alive(int(match.group(1))):
-            continue
-        try:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-        except OSError:
-            continue
-        log.warning("removed %s, left by an interrupted segflow run", entry)
-        removed.append(entry)
-    return removed
+    return _sweep(folder, shape, files_only=False)
 
 
 #: ``.NAME.tmp-<pid>-<hex>[.ext]``: a file being written by segflow.infer.outputs.
@@ -75,17 +55,28 @@ def sweep_stale_outputs(folder: Path) -> list[Path]:
     The process id is checked on this machine only: on a multi-machine run, sweep a shared
     output folder before the workers start (as ``segflow predict --engine ray`` does).
     """
-    removed: list[Path] = []
+    return _sweep(folder, _OUTPUT_TMP, files_only=True)
+
+
+def _sweep(folder: Path, shape: re.Pattern[str], *, files_only: bool) -> list[Path]:
+    """Remove entries of ``folder`` named like ``shape`` whose writer no longer runs.
+
+    ``shape``'s group 1 is the writer's pid; each removal is logged as one line.
+    """
     try:
         entries = list(folder.iterdir()) if folder.is_dir() else []
     except OSError:
         return []
+    removed: list[Path] = []
     for entry in entries:
-        match = _OUTPUT_TMP.match(entry.name)
-        if match is None or not entry.is_file() or _alive(int(match.group(1))):
+        match = shape.match(entry.name)
+        if match is None or (files_only and not entry.is_file()) or _alive(int(match.group(1))):
             continue
         try:
-            entry.unlink()
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
         except OSError:
             continue
         log.warning("removed %s, left by an interrupted segflow run", entry)

@@ -142,14 +142,15 @@ def test_a_killed_worker_is_retried_and_leaves_no_partial_file(
 
 
 def test_cli_default_local_cluster_and_manifest(setup, tmp_path: Path) -> None:
-    """As a user runs it: no --address (Ray starts and stops a local cluster), a CSV manifest."""
+    """As a user runs it: default backend and precision, no --address (Ray starts and stops a
+    local cluster), a CSV manifest."""
     good = sorted(p for p in setup["images"].iterdir() if p.stem != "zz_broken")
     manifest = tmp_path / "list.csv"
     rows = [os.path.relpath(p, tmp_path) for p in good[:3]]
     manifest.write_text("id,path\n" + "".join(f"{i},{r}\n" for i, r in enumerate(rows)))
     out = tmp_path / "out"
     res = subprocess.run([*CLI, "predict", str(setup["bundle"]), str(manifest), "--out", str(out),
-                          "--engine", "ray", "--backend", "torch"],
+                          "--engine", "ray"],
                          cwd=ROOT, capture_output=True, text=True, timeout=240)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     assert "3 predicted, 0 skipped (done before), 0 failed (failures.csv)" in res.stdout
